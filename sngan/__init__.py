@@ -1,0 +1,1 @@
+"""SNGAN trainer that measures what spectral normalization does to each discriminator layer."""

@@ -1,0 +1,162 @@
+"""Real image data sets: ``cifar10``, ``celeba`` and ``folder``.
+
+Each returns float32 images (3, R, R) in [-1, 1], no labels.  Missing or unreadable data is a
+UserError that names ``dataset.root`` and says how to get the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tarfile
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from sngan.errors import UserError
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Seconds any single network operation of a download may stall before we give up.  urllib (used by
+# torchvision) has no timeout by default, so a silently dropped connection would hang forever.
+DOWNLOAD_TIMEOUT_S = 60.0
+CELEBA_CROP = 140  # the usual CelebA-64 preprocessing: centre 140x140 of the 178x218 aligned image
+
+
+def to_minus1_1() -> T.Compose:
+    """PIL RGB image -> float32 (3, H, W) in [-1, 1]."""
+    return T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """Give every socket opened inside the block a timeout (restored afterwards)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+class _ImagesOnly(Dataset):
+    """A torchvision (image, label) data set, returning the image only."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.base[index][0]
+
+
+def cifar10(root: str, resolution: int = 32, download: bool = False) -> Dataset:
+    """The 50,000 CIFAR-10 training images via torchvision.datasets.CIFAR10.
+
+    torchvision checks the md5 of every batch file against the official ones, so only the real,
+    complete data set loads (tests monkeypatch that check; see tests/fixtures.py).
+    """
+    from torchvision.datasets import CIFAR10
+
+    if resolution != 32:
+        raise UserError(f"dataset.resolution={resolution} is not possible for cifar10, whose images are 32x32; set dataset.resolution=32")
+    folder = os.path.join(root, CIFAR10.base_folder)
+    get_it = f"download cifar-10-python.tar.gz from {CIFAR10_URL} and extract it in {root}"
+    if download:
+        try:
+            with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+                base = CIFAR10(root, train=True, download=True, transform=to_minus1_1())
+        except (OSError, RuntimeError, EOFError, tarfile.TarError) as e:  # URLError and timeouts are OSErrors
+            raise UserError(
+                f"could not download CIFAR-10 into dataset.root={root} ({_one_line(e)}); "
+                f"check the network, or {get_it} and set dataset.download=false"
+            ) from None
+        return _ImagesOnly(base)
+    how = f"{get_it}, or run once online with dataset.download=true"
+    if not os.path.isdir(folder):
+        raise UserError(f"CIFAR-10 not found in dataset.root={root} (expected {folder}); {how}")
+    try:
+        base = CIFAR10(root, train=True, download=False, transform=to_minus1_1())
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted" = a file missing or its md5 wrong
+        raise UserError(
+            f"CIFAR-10 in dataset.root={root} is incomplete or corrupted ({_one_line(e)}); "
+            f"delete {folder} and {how}"
+        ) from None
+    return _ImagesOnly(base)
+
+
+class ImageFiles(Dataset):
+    """Images from a sorted list of files, each through `transform` (which must end in [-1, 1] tensors)."""
+
+    def __init__(self, files: list[str], transform):
+        self.files = files
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except OSError as e:
+            raise UserError(f"cannot read image {path} ({_one_line(e)}); remove or replace the file") from None
+        return self.transform(image)
+
+
+def _images_in(folder: str, recursive: bool) -> list[str]:
+    """Image files in `folder`, sorted so that index i always means the same file."""
+    found = []
+    if recursive:
+        for directory, subdirs, names in os.walk(folder):
+            subdirs.sort()
+            found += [os.path.join(directory, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+    else:
+        with os.scandir(folder) as entries:
+            found = [e.path for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()]
+    return sorted(found)
+
+
+def celeba(root: str, resolution: int = 64) -> Dataset:
+    """Aligned CelebA (img_align_celeba/*.jpg), centre-cropped to 140x140 and resized to `resolution`."""
+    candidates = [os.path.join(root, "img_align_celeba"), os.path.join(root, "celeba", "img_align_celeba")]
+    if os.path.basename(os.path.normpath(root)) == "img_align_celeba":
+        candidates.insert(0, root)  # dataset.root pointing at the image folder itself
+    for folder in candidates:
+        files = _images_in(folder, recursive=False) if os.path.isdir(folder) else []
+        if files:
+            break
+    else:
+        raise UserError(
+            f"CelebA not found in dataset.root={root} (expected JPEGs in {candidates[-2]} or {candidates[-1]}); "
+            f"download img_align_celeba.zip ('Align&Cropped Images') from {CELEBA_URL} and unzip it in {root}, "
+            "or run torchvision.datasets.CelebA(root, download=True) once online with gdown installed"
+        )
+    transform = T.Compose([T.CenterCrop(CELEBA_CROP), T.Resize((resolution, resolution)), to_minus1_1()])
+    return ImageFiles(files, transform)
+
+
+def folder(root: str, resolution: int) -> Dataset:
+    """Every image under `root` (recursively): shorter side resized to `resolution`, then centre-cropped."""
+    if not os.path.isdir(root):
+        raise UserError(f"image folder dataset.root={root} does not exist; set dataset.root to a folder of images")
+    files = _images_in(root, recursive=True)
+    if not files:
+        raise UserError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under dataset.root={root}; "
+            "set dataset.root to a folder that contains images"
+        )
+    transform = T.Compose([T.Resize(resolution), T.CenterCrop(resolution), to_minus1_1()])
+    return ImageFiles(files, transform)

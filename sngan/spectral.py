@@ -1,0 +1,229 @@
+"""Five ways to spectrally normalize a discriminator, behind one switch.
+
+`apply_spectral_norm(module, variant)` normalizes every Conv, ConvTranspose, Linear and Embedding
+inside `module`. Afterwards `layer.weight` is always the weight the forward pass uses.
+
+| variant    | what each layer gets                                                              |
+|------------|-----------------------------------------------------------------------------------|
+| `none`     | nothing                                                                           |
+| `naive`    | the common incorrect recipe (see `_NaiveSpectralNorm`)                            |
+| `reshaped` | correct SN from scratch: kernel reshaped to a matrix, W / sigma, grad through sigma |
+| `builtin`  | `torch.nn.utils.parametrizations.spectral_norm`                                   |
+| `operator` | W / sigma with sigma the TRUE operator norm of the layer on its real input size   |
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm as _builtin_spectral_norm
+
+from sngan.operators import CONVS, SUPPORTED, TRANSPOSED_CONVS, gram_apply, linear_map
+
+VARIANTS = ("none", "naive", "reshaped", "builtin", "operator")
+
+
+def reshape_dim(layer: nn.Module) -> int:
+    """The weight dimension that indexes output features: 1 for transposed convs, as torch does."""
+    return 1 if isinstance(layer, TRANSPOSED_CONVS) else 0
+
+
+def weight_matrix(weight: Tensor, dim: int = 0) -> Tensor:
+    """The kernel reshaped to a matrix (weight.shape[dim], rest)."""
+    if dim != 0:
+        weight = weight.movedim(dim, 0)
+    return weight.flatten(1)
+
+
+class _NaiveSpectralNorm:
+    """The common incorrect recipe, reproduced faithfully (a forward pre-hook).
+
+    Before each training-mode forward::
+
+        W = weight.view(weight.shape[0], -1)
+        v = normalize(u W);  u' = normalize(v W^T);  sigma_hat = u' W v^T   # u' thrown away
+        weight.data /= sigma_hat
+
+    Its four defects, and what each does:
+    1. `u` is drawn once and never updated: one power step from a random vector under-estimates
+       the top singular value, so the layer's real sigma settles above 1 (1.2-2 on SNGAN layers).
+    2. A single power step per forward, never accumulated across steps (a consequence of 1):
+       the estimate never converges, however long the run.
+    3. The division is in place on `weight.data`: it compounds across forwards and bypasses
+       autograd, so the weight the optimizer updates is the already-divided one.
+    4. No gradient through sigma: the optimizer never sees the normalization, and its update can
+       push the real sigma up between divisions.
+    `u` lives in the buffer `naive_u` so that a resumed run keeps the same fixed vector. Like the
+    other variants it does nothing in eval mode, so a diagnostic forward changes no weight.
+    """
+
+    def __init__(self, eps: float):
+        self.eps = eps
+
+    def __call__(self, layer: nn.Module, args: tuple) -> None:
+        if not layer.training:
+            return
+        with torch.no_grad():
+            w = layer.weight.data.view(layer.weight.shape[0], -1)
+            u = layer.naive_u  # (1, out), never written
+            v = F.normalize(u @ w, dim=1, eps=self.eps)
+            u_next = F.normalize(v @ w.T, dim=1, eps=self.eps)
+            sigma_hat = (u_next @ w @ v.T).squeeze()
+            layer.weight.data.div_(sigma_hat)
+
+
+class _ReshapedSpectralNorm(nn.Module):
+    """Correct spectral normalization (Miyato et al. 2018, Alg. 1) as a parametrization.
+
+    The kernel is reshaped to a matrix W (dim 0; dim 1 for transposed convs); persistent `_u`, `_v`
+    are advanced by power iteration in training mode only; the forward returns W / (u^T W v), so the
+    gradient flows through sigma.
+    """
+
+    def __init__(self, weight: Tensor, dim: int = 0, n_power_iterations: int = 1, eps: float = 1e-12):
+        super().__init__()
+        if n_power_iterations < 1:
+            raise ValueError(f"n_power_iterations must be >= 1, got {n_power_iterations}")
+        self.dim, self.n_power_iterations, self.eps = dim, n_power_iterations, eps
+        mat = weight_matrix(weight.detach(), dim)
+        self.register_buffer("_u", F.normalize(mat.new_empty(mat.shape[0]).normal_(), dim=0, eps=eps))
+        self.register_buffer("_v", F.normalize(mat.new_empty(mat.shape[1]).normal_(), dim=0, eps=eps))
+        self._power_iteration(mat, 15)  # start from converged vectors
+
+    @torch.no_grad()
+    def _power_iteration(self, mat: Tensor, n: int) -> None:
+        for _ in range(n):
+            self._u = F.normalize(mat @ self._v, dim=0, eps=self.eps, out=self._u)
+            self._v = F.normalize(mat.T @ self._u, dim=0, eps=self.eps, out=self._v)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        mat = weight_matrix(weight, self.dim)
+        if self.training:
+            self._power_iteration(mat.detach(), self.n_power_iterations)
+        # Clones let D(real) and D(fake) share one backward although u, v change in between.
+        u = self._u.clone(memory_format=torch.contiguous_format)
+        v = self._v.clone(memory_format=torch.contiguous_format)
+        sigma = torch.dot(u, mat @ v)
+        return weight / sigma
+
+
+class _OperatorSpectralNorm(nn.Module):
+    """Divides the weight by the TRUE operator norm of the layer's linear map.
+
+    Power iteration runs through the layer's own bias-free map A and its exact adjoint (autograd),
+    on a persistent unit vector `_x` shaped like one input sample; sigma = ||A x|| with gradient
+    through A. The input size is learned from the first forward of the layer (in any mode; the
+    start vector comes from a per-layer seed, so it draws nothing from the global RNG at that
+    moment). If the input size later changes in training mode, the iteration restarts at the new
+    size (with a warning): the layer is then normalized for the new size. In eval mode the stored
+    vector is used whatever the input size, so evaluation never changes the normalization.
+    """
+
+    warmup_iterations = 50
+
+    def __init__(self, layer: nn.Module, n_power_iterations: int = 1, eps: float = 1e-12):
+        super().__init__()
+        if n_power_iterations < 1:
+            raise ValueError(f"n_power_iterations must be >= 1, got {n_power_iterations}")
+        self.n_power_iterations, self.eps = n_power_iterations, eps
+        self.fn = linear_map(layer)
+        self.layer_type = type(layer).__name__
+        self.in_channels = layer.in_channels
+        self.seed = int(torch.randint(0, 2**62, ()))  # drawn at construction, with the model
+        self.register_buffer("_x", layer.weight.new_zeros(0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A freshly built layer has not seen its input size yet: take the saved vector's shape.
+        saved = state_dict.get(prefix + "_x")
+        if saved is not None and saved.shape != self._x.shape:
+            self._x = self._x.new_empty(saved.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def input_size(self) -> tuple[int, ...] | None:
+        return tuple(self._x.shape[2:]) if self._x.numel() else None
+
+    def observe_input(self, layer: nn.Module, args: tuple) -> None:
+        """Forward pre-hook: (re)start the iteration when the layer sees a new input size."""
+        size = tuple(args[0].shape[2:])
+        if size == self.input_size:
+            return
+        if self.input_size is not None:
+            if not self.training:
+                return
+            warnings.warn(f"{self.layer_type}: input size changed from {self.input_size} to {size}; "
+                          "operator spectral norm restarts its power iteration at the new size",
+                          stacklevel=2)
+        gen = torch.Generator().manual_seed(self.seed)
+        x = torch.randn((1, self.in_channels, *size), generator=gen, dtype=self._x.dtype)
+        self._x = (x / x.norm()).to(self._x.device)
+        self._power_iteration(layer.parametrizations.weight.original, self.warmup_iterations)
+
+    @torch.no_grad()
+    def _power_iteration(self, weight: Tensor, n: int) -> None:
+        for _ in range(n):
+            x = gram_apply(self.fn, weight, self._x)
+            self._x = x / x.norm().clamp_min(self.eps)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if not self._x.numel():
+            raise RuntimeError("operator spectral norm: the layer's weight was read before its "
+                               "first forward, so its input size is unknown")
+        if self.training:
+            self._power_iteration(weight.detach(), self.n_power_iterations)
+        x = self._x.clone(memory_format=torch.contiguous_format)
+        sigma = self.fn(x, weight).norm()
+        return weight / sigma
+
+
+def _normalize_layer(layer: nn.Module, variant: str, n_power_iterations: int, eps: float) -> None:
+    dim = reshape_dim(layer)
+    if variant == "naive":
+        out = layer.weight.shape[0]
+        layer.register_buffer("naive_u", layer.weight.new_empty(1, out).normal_())
+        layer.register_forward_pre_hook(_NaiveSpectralNorm(eps))
+    elif variant == "builtin":
+        _builtin_spectral_norm(layer, n_power_iterations=n_power_iterations, eps=eps, dim=dim)
+    elif variant == "reshaped" or not isinstance(layer, CONVS + TRANSPOSED_CONVS):
+        # A Linear or Embedding map IS its matrix: its operator norm is the reshaped one.
+        parametrize.register_parametrization(
+            layer, "weight", _ReshapedSpectralNorm(layer.weight, dim, n_power_iterations, eps))
+    else:  # operator
+        sn = _OperatorSpectralNorm(layer, n_power_iterations, eps)
+        # unsafe: the parametrization cannot be evaluated before the layer has seen an input.
+        parametrize.register_parametrization(layer, "weight", sn, unsafe=True)
+        layer.register_forward_pre_hook(sn.observe_input)
+
+
+def is_normalized(layer: nn.Module) -> bool:
+    """True if `layer` carries one of this module's normalizations (or the built-in one)."""
+    return parametrize.is_parametrized(layer, "weight") or hasattr(layer, "naive_u")
+
+
+def normalized_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(qualified name, layer) of every layer that apply_spectral_norm normalizes, in order."""
+    # Checks the parameter, not `m.weight`, whose read would run a parametrization.
+    return [(name, m) for name, m in module.named_modules()
+            if isinstance(m, SUPPORTED) and (is_normalized(m) or m._parameters.get("weight") is not None)]
+
+
+def apply_spectral_norm(module: nn.Module, variant: str, *, n_power_iterations: int = 1,
+                        eps: float = 1e-12) -> nn.Module:
+    """Normalize every Conv, ConvTranspose, Linear and Embedding inside `module`; return `module`.
+
+    `module` itself may be such a layer. Raises ValueError for an unknown variant or a layer that
+    is already normalized.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown spectral-norm variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if variant == "none":
+        return module
+    for name, layer in normalized_layers(module):
+        if is_normalized(layer):
+            raise ValueError(f"layer {name or type(layer).__name__!r} is already normalized")
+        _normalize_layer(layer, variant, n_power_iterations, eps)
+    return module
