@@ -1,0 +1,156 @@
+"""Checkpoints: atomic writes, numbered snapshots, and everything an exact resume needs.
+
+A checkpoint is a plain dict: step, models (G, D with every variant's buffers, G EMA), both
+optimizers and LR schedulers, RNG states (python, numpy, torch CPU and CUDA), the data position
+and the resolved config. It is written to a temporary file in the same folder, flushed and
+fsynced, then moved over the target with os.replace, so a kill at any instant leaves either the
+old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sngan.errors import UserError
+
+FORMAT = "sngan-checkpoint-v1"
+LAST = "last.pt"
+_SNAPSHOT = re.compile(r"^step_(\d+)\.pt$")
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """torch.save to `path` through a temporary file in the same folder, fsynced, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save(ckpt_dir: Path, state: dict, *, keep: int) -> Path:
+    """Write `last.pt` and a numbered snapshot `step_<N>.pt`, keeping the newest `keep` snapshots."""
+    ckpt_dir = Path(ckpt_dir)
+    for stale in ckpt_dir.glob(".*.tmp"):  # left by a run killed while writing
+        stale.unlink(missing_ok=True)
+    state = {"format": FORMAT, **state}
+    snapshot = ckpt_dir / f"step_{state['step']:07d}.pt"
+    if keep > 0:
+        atomic_save(state, snapshot)
+    atomic_save(state, ckpt_dir / LAST)
+    for old in snapshots(ckpt_dir)[:-keep] if keep > 0 else snapshots(ckpt_dir):
+        old.unlink(missing_ok=True)
+    return ckpt_dir / LAST
+
+
+def snapshots(ckpt_dir: Path) -> list[Path]:
+    """Numbered snapshots in `ckpt_dir`, oldest first."""
+    found = [p for p in Path(ckpt_dir).glob("step_*.pt") if _SNAPSHOT.match(p.name)]
+    return sorted(found, key=lambda p: int(_SNAPSHOT.match(p.name).group(1)))
+
+
+def load(path: Path, map_location="cpu") -> dict:
+    """Read a checkpoint; a missing, truncated or foreign file is a UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated zip, not a torch file, ...
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not an sngan checkpoint")
+    return state
+
+
+# Config keys a resume may change: they do not change the maths of the run.
+RESUMABLE_CHANGES = ("train.steps", "log", "ckpt", "device", "resume", "dataset.num_workers", "dataset.root",
+                     "dataset.download")
+
+
+def find_resume_checkpoint(resume, run_dir: Path) -> Path | None:
+    """None for a fresh run; else the checkpoint that `resume` (true | run folder | file) names."""
+    if resume is False or resume is None or resume == "false":
+        return None
+    target = Path(run_dir) if resume is True or resume == "true" else Path(str(resume)).expanduser()
+    if target.is_dir():
+        ckpt = target / "checkpoints" / LAST if (target / "checkpoints").is_dir() else target / LAST
+        if not ckpt.is_file():
+            raise UserError(f"resume={resume}: nothing to resume in {target} (no checkpoints/{LAST}); "
+                            "run without resume to start fresh")
+        return ckpt
+    if target.is_file():
+        return target
+    raise UserError(f"resume={resume}: {target} does not exist")
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ between two resolved configs, ignoring RESUMABLE_CHANGES."""
+    a, b = _flatten(saved), _flatten(current)
+    allowed = lambda key: any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
+    if a.get("optim.lr_decay") == "linear":  # the schedule runs to train.steps: part of the maths
+        allowed = lambda key, _allowed=allowed: key != "train.steps" and _allowed(key)
+    return sorted(k for k in set(a) | set(b) if not allowed(k) and a.get(k) != b.get(k))
+
+
+def load_for_resume(path: Path, warn) -> tuple[dict, Path]:
+    """Load the checkpoint to resume from; if a damaged last.pt has good snapshots beside it, fall
+    back to the newest of them (reported through `warn`). Returns (state, the file it came from)."""
+    path = Path(path)
+    try:
+        return load(path), path
+    except UserError as error:
+        if path.name != LAST:
+            raise
+        for snapshot in reversed(snapshots(path.parent)):
+            try:
+                state = load(snapshot)
+            except UserError:
+                continue
+            warn(f"{error}; resuming from the newest good snapshot {snapshot.name} instead")
+            return state, snapshot
+        raise

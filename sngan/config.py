@@ -1,0 +1,56 @@
+"""Up-front checks of a composed training config, so that bad values fail before any work."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from sngan.errors import UserError
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _positive_int(cfg: DictConfig, key: str) -> None:
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+             f"{key} must be a positive integer, got {value!r}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise UserError (one line, naming the key) for any value the run cannot use."""
+    for key in ("train.steps", "train.batch_size", "train.n_dis", "model.g_ch", "model.d_ch",
+                "model.z_dim", "dataset.resolution", "log.every", "log.sample_every",
+                "log.eval_every", "log.n_eval", "ckpt.every"):
+        _positive_int(cfg, key)
+    _require(isinstance(cfg.ckpt.keep, int) and cfg.ckpt.keep >= 0,
+             f"ckpt.keep must be an integer >= 0, got {cfg.ckpt.keep!r}")
+    _require(isinstance(cfg.dataset.num_workers, int) and cfg.dataset.num_workers >= 0,
+             f"dataset.num_workers must be an integer >= 0, got {cfg.dataset.num_workers!r}")
+    lr = cfg.optim.lr
+    _require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0,
+             f"optim.lr must be a positive number, got {lr!r}")
+    for key in ("beta1", "beta2"):
+        beta = cfg.optim[key]
+        _require(isinstance(beta, (int, float)) and 0 <= beta < 1,
+                 f"optim.{key} must be in [0, 1), got {beta!r}")
+    _require(cfg.optim.lr_decay in ("none", "linear"),
+             f"optim.lr_decay must be none or linear, got {cfg.optim.lr_decay!r}")
+    decay = cfg.train.ema_decay
+    _require(isinstance(decay, (int, float)) and 0 <= decay < 1,
+             f"train.ema_decay must be in [0, 1) (0 = off), got {decay!r}")
+    _require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
+             f"device must be auto, cpu or cuda, got {cfg.device!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is cuda when available, else cpu; asking for cuda without one is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA device is available; use device=cpu or device=auto")
+    return torch.device(name)

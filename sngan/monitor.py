@@ -1,0 +1,146 @@
+"""What a run shows while it trains: TensorBoard scalars and images, a tqdm bar, sigma diagnostics.
+
+Every diagnostic here leaves the run unchanged: D is measured in eval mode (no power iteration
+advanced, no naive division), G samples in eval mode (BatchNorm statistics untouched), random
+draws come from the monitor's own generator, and gradients are taken with torch.autograd.grad
+with respect to the inputs only (no parameter .grad is written).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+from sngan.sigma import effective_weight, matrix_sigma, operator_sigma
+from sngan.spectral import normalized_layers, reshape_dim
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Switch modules (and all their children) to eval mode, then restore each child's own flag."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in saved:
+            m.training = mode
+
+
+def layer_input_sizes(D: nn.Module, image_shape: tuple[int, ...], device) -> dict[str, tuple[int, ...] | None]:
+    """Spatial input size of each normalized layer of D, from one eval-mode probe forward."""
+    sizes: dict[str, tuple[int, ...] | None] = {}
+    handles = []
+    for name, layer in normalized_layers(D):
+        def record(module, args, name=name):
+            sizes[name] = tuple(args[0].shape[2:]) if args[0].dim() > 2 else None
+        handles.append(layer.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad(), eval_mode(D):
+            D(torch.zeros(1, *image_shape, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
+def sigma_scalars(D: nn.Module, input_sizes: dict[str, tuple[int, ...] | None], *,
+                  tol: float = 1e-4) -> dict[str, float]:
+    """sigma/matrix/<layer>, sigma/operator/<layer> and their product sigma/lipschitz_bound."""
+    scalars: dict[str, float] = {}
+    bound = 1.0
+    for name, layer in normalized_layers(D):
+        scalars[f"sigma/matrix/{name}"] = matrix_sigma(effective_weight(layer), reshape_dim(layer))
+        op = operator_sigma(layer, input_sizes[name], tol=tol)
+        scalars[f"sigma/operator/{name}"] = op
+        bound *= op
+    scalars["sigma/lipschitz_bound"] = bound
+    return scalars
+
+
+def input_grad_norm(D: nn.Module, images: Tensor) -> float:
+    """Mean over samples of ||grad_x D(x)||, in eval mode, writing no parameter gradient."""
+    with eval_mode(D), torch.enable_grad():
+        x = images.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(D(x).sum(), x)
+    return float(grad.flatten(1).norm(dim=1).mean())
+
+
+def global_grad_norm(module: nn.Module) -> float:
+    """L2 norm of all parameter gradients of `module` (0 if none)."""
+    grads = [p.grad.detach().flatten() for p in module.parameters() if p.grad is not None]
+    return float(torch.cat(grads).norm()) if grads else 0.0
+
+
+class Monitor:
+    """TensorBoard writer, progress bar, fixed-z sample grids and oracle metrics for one run."""
+
+    def __init__(self, run_dir: Path, *, total_steps: int, start_step: int, z_dim: int, device,
+                 seed: int, n_samples: int = 64, n_eval: int = 1000, oracle=None,
+                 enabled_bar: bool = True):
+        self.run_dir = Path(run_dir)
+        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        # A checkpoint at step N is written after step N's logs: on resume, purge the events a killed
+        # run wrote after it (steps > N), so TensorBoard shows each step once.
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=start_step + 1 if start_step else None)
+        self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step",
+                        disable=not enabled_bar)
+        self.device, self.oracle, self.n_eval = device, oracle, n_eval
+        gen = torch.Generator().manual_seed(seed + 1_000_003)  # the monitor's own RNG
+        self.fixed_z = torch.randn(n_samples, z_dim, generator=gen).to(device)
+        self.eval_z = torch.randn(n_eval, z_dim, generator=gen).to(device)
+        self._last_time, self._last_step = time.perf_counter(), start_step
+
+    def images_per_second(self, step: int, images_per_step: int) -> float:
+        now = time.perf_counter()
+        rate = (step - self._last_step) * images_per_step / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        return rate
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def progress(self, step: int, values: dict[str, float]) -> None:
+        self.bar.n = step
+        self.bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()}, refresh=True)
+
+    @torch.no_grad()
+    def generate(self, G: nn.Module, z: Tensor, batch: int = 250) -> Tensor:
+        with eval_mode(G):
+            return torch.cat([G(z[i:i + batch]) for i in range(0, len(z), batch)])
+
+    def sample_grid(self, step: int, G: nn.Module) -> Path:
+        images = self.generate(G, self.fixed_z)
+        grid = make_grid(images, nrow=int(math.sqrt(len(images))), normalize=True, value_range=(-1, 1))
+        self.writer.add_image("samples", grid, step)
+        path = self.run_dir / "samples" / f"step_{step:07d}.png"
+        save_image(grid, path)
+        return path
+
+    def oracle_metrics(self, G: nn.Module) -> dict[str, float]:
+        if self.oracle is None:
+            return {}
+        images = self.generate(G, self.eval_z).cpu()
+        return {f"metrics/{k}": float(v) for k, v in self.oracle.oracle_metrics(images).items()}
+
+    def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        self.writer.add_hparams(hparams, {f"final/{k}": v for k, v in metrics.items()},
+                                run_name="hparams")
+
+    def write(self, message: str) -> None:
+        self.bar.write(message)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()

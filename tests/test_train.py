@@ -1,0 +1,193 @@
+"""The trainer end to end: config composition, CLI runs, TensorBoard contents, bad inputs, real data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import TINY, TINY_MODEL, compose_config, read_scalars, run_cli
+from fixtures import skip_cifar10_md5, write_celeba, write_cifar10
+from sngan import checkpoint
+from sngan.errors import RunDiverged, UserError
+from sngan.train import train
+
+FAST_LOG = ["log.sample_every=1000", "log.eval_every=1000", "ckpt.every=1000"]
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+def test_default_config_composes_to_the_embedded_run():
+    cfg = compose_config()
+    assert cfg.variant.name == "reshaped" and cfg.dataset.name == "synthetic"
+    assert cfg.model.name == "cnn" and cfg.loss.name == "hinge"
+    assert OmegaConf.is_struct(cfg)
+
+
+@pytest.mark.parametrize("preset,lr,beta1,beta2,n_dis", [
+    ("A", 1e-4, 0.5, 0.9, 5), ("B", 1e-4, 0.5, 0.999, 1), ("C", 2e-4, 0.5, 0.999, 1),
+    ("D", 1e-3, 0.5, 0.9, 5), ("E", 1e-3, 0.5, 0.999, 5), ("F", 1e-3, 0.9, 0.999, 5)])
+def test_optimizer_presets_are_miyato_table_1(preset, lr, beta1, beta2, n_dis):
+    cfg = compose_config([f"optim={preset}"])
+    assert (cfg.optim.lr, cfg.optim.beta1, cfg.optim.beta2, cfg.train.n_dis) == (lr, beta1, beta2, n_dis)
+
+
+@pytest.mark.parametrize("variant", ["none", "naive", "reshaped", "builtin", "operator"])
+def test_every_variant_composes(variant):
+    assert compose_config([f"variant={variant}"]).variant.name == variant
+
+
+def test_experiments_hold_deltas():
+    cfg = compose_config(["experiment=cifar10_cnn"])
+    assert cfg.dataset.name == "cifar10" and cfg.model.name == "cnn" and cfg.model.d_ch == 64
+    cfg = compose_config(["experiment=cifar10_resnet"])
+    assert cfg.model.name == "resnet" and cfg.optim.beta1 == 0.0 and cfg.train.n_dis == 5
+    cfg = compose_config(["experiment=celeba64"])
+    assert cfg.dataset.name == "celeba" and cfg.dataset.resolution == 64
+
+
+def test_struct_mode_refuses_a_mistyped_key():
+    with pytest.raises(Exception, match="lrr"):
+        compose_config(["optim.lrr=0.1"])
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+def _train(tmp_path, overrides, name="run", base=TINY):
+    cfg = compose_config(base + list(overrides))
+    return train(cfg, tmp_path / name), tmp_path / name
+
+
+def _final_state(run_dir):
+    return checkpoint.load(run_dir / "checkpoints" / "last.pt")
+
+
+def test_cli_run_writes_tensorboard_samples_and_checkpoint(tmp_path):
+    proc = run_cli(TINY + ["train.steps=4", "log.every=2", "log.sample_every=2", "log.eval_every=2",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / ".hydra" / "config.yaml").is_file()
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
+    scalars = read_scalars(run)
+    for tag in ("loss/d", "loss/g", "D/real", "D/fake", "sigma/matrix/conv1", "sigma/operator/conv1",
+                "sigma/lipschitz_bound", "lipschitz/grad_norm", "grad_norm/d", "lr/g",
+                "perf/img_per_s", "metrics/clean_rate", "metrics/modes_covered", "metrics/kl_uniform"):
+        assert [s for s, _ in scalars[tag]] == [2, 4], tag
+    state = _final_state(run)
+    assert state["step"] == 4 and state["config"]["variant"]["name"] == "reshaped"
+
+
+def test_diagnostics_never_change_the_run(tmp_path):
+    _, quiet = _train(tmp_path, ["train.steps=6", "log.every=1000"] + FAST_LOG, "quiet")
+    _, loud = _train(tmp_path, ["train.steps=6", "log.every=1", "log.sample_every=2",
+                                "log.eval_every=3", "ckpt.every=1000"], "loud")
+    a, b = _final_state(quiet), _final_state(loud)
+    for key in ("G", "D"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+@pytest.mark.parametrize("variant", ["operator", "none"])
+def test_diagnostics_never_change_operator_or_unnormalized_runs(tmp_path, variant):
+    _, quiet = _train(tmp_path, [f"variant={variant}", "train.steps=3", "log.every=1000"] + FAST_LOG, "q")
+    _, loud = _train(tmp_path, [f"variant={variant}", "train.steps=3", "log.every=1"] + FAST_LOG, "l")
+    a, b = _final_state(quiet)["D"], _final_state(loud)["D"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigma_signatures_separate_the_variants(tmp_path):
+    """naive drifts away from 1; reshaped/builtin hold sigma/matrix at 1; all exceed 1 by the operator norm."""
+    common = ["model.d_ch=16", "train.steps=40", "log.every=10", "optim=E", "train.n_dis=1"] + FAST_LOG
+    sigmas = {}
+    for variant in ("naive", "reshaped", "builtin"):
+        _, run = _train(tmp_path, [f"variant={variant}"] + common, variant)
+        sigmas[variant] = read_scalars(run)
+    layers = [t.split("/")[-1] for t in sigmas["naive"] if t.startswith("sigma/matrix/")]
+    three_by_three = ["conv1", "conv3", "conv5"]  # 16x16 images: two stages, then the last 3x3
+    for variant in ("reshaped", "builtin"):
+        for layer in layers:
+            assert sigmas[variant][f"sigma/matrix/{layer}"][-1][1] == pytest.approx(1.0, abs=2e-2), (variant, layer)
+    drifted = [l for l in layers if sigmas["naive"][f"sigma/matrix/{l}"][-1][1] > 1.05]
+    assert len(drifted) >= 3, {l: sigmas["naive"][f"sigma/matrix/{l}"][-1][1] for l in layers}
+    for variant in ("naive", "reshaped", "builtin"):
+        for layer in three_by_three:
+            assert sigmas[variant][f"sigma/operator/{layer}"][-1][1] > 1.1, (variant, layer)
+    assert sigmas["naive"]["sigma/lipschitz_bound"][-1][1] > sigmas["reshaped"]["sigma/lipschitz_bound"][-1][1]
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, monkeypatch):
+    import sngan.train as trainer
+
+    real_d_loss, calls = trainer.d_loss, {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real_d_loss(*args)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    monkeypatch.setattr(trainer, "d_loss", poisoned)
+    with pytest.raises(RunDiverged, match="non-finite"):
+        _train(tmp_path, ["train.steps=10", "log.every=1000", "ckpt.every=2", "log.sample_every=1000",
+                          "log.eval_every=1000"])
+    state = _final_state(tmp_path / "run")
+    assert state["step"] == 4
+    assert all(torch.isfinite(t).all() for t in state["D"].values() if t.is_floating_point())
+
+
+def test_a_run_folder_is_never_overwritten(tmp_path):
+    _train(tmp_path, ["train.steps=1"] + FAST_LOG)
+    with pytest.raises(UserError, match="resume=true"):
+        _train(tmp_path, ["train.steps=1"] + FAST_LOG)
+
+
+# --- real-format data through the real loaders ----------------------------------------------
+
+def test_trains_on_cifar10_python_batches(tmp_path, monkeypatch):
+    write_cifar10(tmp_path / "cifar")
+    skip_cifar10_md5(monkeypatch)
+    _, run = _train(tmp_path, ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}", "dataset.download=false",
+                               "dataset.resolution=32", "dataset.num_workers=0", "train.batch_size=4",
+                               "train.steps=2", "log.every=1"] + FAST_LOG, base=TINY_MODEL)
+    assert _final_state(run)["step"] == 2
+    assert "metrics/clean_rate" not in read_scalars(run)  # the oracle exists for synthetic data only
+
+
+def test_trains_on_a_celeba_folder_of_jpegs_from_the_cli(tmp_path):
+    write_celeba(tmp_path / "celeba", n=8)
+    proc = run_cli(TINY_MODEL + ["dataset=celeba", f"dataset.root={tmp_path / 'celeba'}", "dataset.resolution=16",
+                           "dataset.num_workers=0", "train.batch_size=4", "train.steps=2",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+# --- bad input: exit code != 0, a clear message, no traceback --------------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["variant=spectral"], "variant"),
+    (["dataset=cifar10", "dataset.root=/nonexistent/cifar", "dataset.download=false",
+      "dataset.resolution=32"], "dataset.root"),
+    (["train.batch_size=0"], "train.batch_size"),
+    (["train.n_dis=0"], "train.n_dis"),
+    (["optim.lr=-0.1"], "optim.lr"),
+    (["optim.lrr=0.1"], "lrr"),
+    (["resume=true"], "nothing to resume"),
+    (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], "device"),
+])
+def test_bad_input_fails_cleanly(tmp_path, args, message):
+    proc = run_cli(TINY_MODEL + ["train.steps=1", f"hydra.run.dir={tmp_path / 'run'}"] + args, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_variants(tmp_path):
+    proc = run_cli(["-m", "variant=naive,reshaped"] + TINY + ["train.steps=2", "log.every=1"] + FAST_LOG +
+                   [f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "checkpoints" / "last.pt").is_file())
+    assert runs == ["0-synthetic-naive-seed0", "1-synthetic-reshaped-seed0"]
