@@ -100,18 +100,20 @@ def test_diagnostics_never_change_operator_or_unnormalized_runs(tmp_path, varian
 
 def test_sigma_signatures_separate_the_variants(tmp_path):
     """naive drifts away from 1; reshaped/builtin hold sigma/matrix at 1; all exceed 1 by the operator norm."""
-    common = ["model.d_ch=16", "train.steps=40", "log.every=10", "optim=E", "train.n_dis=1"] + FAST_LOG
+    common = ["model.d_ch=16", "train.steps=40", "log.every=10", "optim=C"] + FAST_LOG
     sigmas = {}
     for variant in ("naive", "reshaped", "builtin"):
         _, run = _train(tmp_path, [f"variant={variant}"] + common, variant)
         sigmas[variant] = read_scalars(run)
     layers = [t.split("/")[-1] for t in sigmas["naive"] if t.startswith("sigma/matrix/")]
     three_by_three = ["conv1", "conv3", "conv5"]  # 16x16 images: two stages, then the last 3x3
+    # one power step per update tracks sigma to a few percent (the random initial spectrum is flat)
     for variant in ("reshaped", "builtin"):
         for layer in layers:
-            assert sigmas[variant][f"sigma/matrix/{layer}"][-1][1] == pytest.approx(1.0, abs=2e-2), (variant, layer)
-    drifted = [l for l in layers if sigmas["naive"][f"sigma/matrix/{l}"][-1][1] > 1.05]
-    assert len(drifted) >= 3, {l: sigmas["naive"][f"sigma/matrix/{l}"][-1][1] for l in layers}
+            assert sigmas[variant][f"sigma/matrix/{layer}"][-1][1] == pytest.approx(1.0, abs=5e-2), (variant, layer)
+    convs = [layer for layer in layers if layer.startswith("conv")]
+    naive = {layer: sigmas["naive"][f"sigma/matrix/{layer}"][-1][1] for layer in convs}
+    assert min(naive.values()) > 1.15, naive
     for variant in ("naive", "reshaped", "builtin"):
         for layer in three_by_three:
             assert sigmas[variant][f"sigma/operator/{layer}"][-1][1] > 1.1, (variant, layer)
