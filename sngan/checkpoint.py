@@ -103,20 +103,28 @@ RESUMABLE_CHANGES = ("train.steps", "log", "ckpt", "device", "resume", "dataset.
                      "dataset.download")
 
 
+def locate(target: str | Path) -> Path:
+    """The checkpoint a path names: a file itself, or a run folder's checkpoints/last.pt."""
+    target = Path(str(target)).expanduser()
+    if target.is_file():
+        return target
+    if target.is_dir():
+        ckpt = target / "checkpoints" / LAST if (target / "checkpoints").is_dir() else target / LAST
+        if ckpt.is_file():
+            return ckpt
+        raise UserError(f"no checkpoint in {target} (expected checkpoints/{LAST})")
+    raise UserError(f"{target} does not exist")
+
+
 def find_resume_checkpoint(resume, run_dir: Path) -> Path | None:
     """None for a fresh run; else the checkpoint that `resume` (true | run folder | file) names."""
     if resume is False or resume is None or resume == "false":
         return None
-    target = Path(run_dir) if resume is True or resume == "true" else Path(str(resume)).expanduser()
-    if target.is_dir():
-        ckpt = target / "checkpoints" / LAST if (target / "checkpoints").is_dir() else target / LAST
-        if not ckpt.is_file():
-            raise UserError(f"resume={resume}: nothing to resume in {target} (no checkpoints/{LAST}); "
-                            "run without resume to start fresh")
-        return ckpt
-    if target.is_file():
-        return target
-    raise UserError(f"resume={resume}: {target} does not exist")
+    target = run_dir if resume is True or resume == "true" else resume
+    try:
+        return locate(target)
+    except UserError as e:
+        raise UserError(f"resume={resume}: nothing to resume: {e}; run without resume to start fresh") from None
 
 
 def _flatten(tree, prefix: str = "") -> dict:

@@ -162,7 +162,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                           "D/real": real_logits.mean().item(), "D/fake": fake_logits.mean().item(),
                           "grad_norm/d": global_grad_norm(D), "grad_norm/g": global_grad_norm(G),
                           "lr/d": sched_d.get_last_lr()[0], "lr/g": sched_g.get_last_lr()[0],
-                          "perf/img_per_s": monitor.images_per_second(step, t.batch_size * (t.n_dis + 1))}
+                          "perf/img_per_s": monitor.images_per_second(step, t.batch_size * t.n_dis)}
                 values["lipschitz/grad_norm"] = 0.5 * (input_grad_norm(D, real) + input_grad_norm(D, fake))
                 values.update(sigma_scalars(D, input_sizes))
                 monitor.scalars(step, values)

@@ -32,12 +32,15 @@ def run_cli(args, cwd, module="sngan.train", timeout=300):
 
 
 def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value), ...]} from every event file directly in run_dir."""
+    """{tag: [(step, value), ...] by step} from every event file directly in run_dir.
+
+    Sorted by step: the reader visits files by name, and two writers opened by one process within
+    the same second are named by a counter whose text order need not be their time order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return {tag: sorted((e.step, e.value) for e in acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
 
 
 @pytest.fixture(autouse=True)
