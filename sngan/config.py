@@ -43,6 +43,9 @@ def check_config(cfg: DictConfig) -> None:
     decay = cfg.train.ema_decay
     _require(isinstance(decay, (int, float)) and 0 <= decay < 1,
              f"train.ema_decay must be in [0, 1) (0 = off), got {decay!r}")
+    noise = cfg.train.instance_noise
+    _require(isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise >= 0,
+             f"train.instance_noise must be a number >= 0, got {noise!r}")
     _require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
              f"device must be auto, cpu or cuda, got {cfg.device!r}")
 

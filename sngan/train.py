@@ -131,6 +131,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 z = torch.randn(t.batch_size, G.z_dim, device=device)
                 with torch.no_grad():
                     fake = G(z)
+                if t.instance_noise > 0:  # D sees noisy images: no perfect separation of exact data
+                    real = real + t.instance_noise * torch.randn_like(real)
+                    fake = fake + t.instance_noise * torch.randn_like(fake)
                 with parametrize.cached():
                     real_logits, fake_logits = D(real), D(fake)
                     loss_d = d_loss(cfg.loss.name, real_logits, fake_logits)
@@ -140,7 +143,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             # --- generator ----------------------------------------------------------------------
             D.requires_grad_(False)
             z = torch.randn(t.batch_size, G.z_dim, device=device)
-            loss_g = g_loss(cfg.loss.name, D(G(z)))
+            fake = G(z)
+            if t.instance_noise > 0:
+                fake = fake + t.instance_noise * torch.randn_like(fake)
+            loss_g = g_loss(cfg.loss.name, D(fake))
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()

@@ -21,6 +21,9 @@ def test_default_config_composes_to_the_embedded_run():
     cfg = compose_config()
     assert cfg.variant.name == "reshaped" and cfg.dataset.name == "synthetic"
     assert cfg.model.name == "cnn" and cfg.loss.name == "hinge"
+    assert (cfg.dataset.resolution, cfg.train.steps, cfg.train.n_dis, cfg.optim.lr) == (16, 1500, 5, 1e-3)
+    assert cfg.train.instance_noise == 0.2
+    assert compose_config(["experiment=cifar10_cnn"]).train.instance_noise == 0.0
     assert OmegaConf.is_struct(cfg)
 
 
@@ -132,7 +135,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, m
 
     monkeypatch.setattr(trainer, "d_loss", poisoned)
     with pytest.raises(RunDiverged, match="non-finite"):
-        _train(tmp_path, ["train.steps=10", "log.every=1000", "ckpt.every=2", "log.sample_every=1000",
+        _train(tmp_path, ["train.steps=10", "train.n_dis=1", "log.every=1000", "ckpt.every=2", "log.sample_every=1000",
                           "log.eval_every=1000"])
     state = _final_state(tmp_path / "run")
     assert state["step"] == 4
