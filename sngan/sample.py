@@ -15,36 +15,40 @@ from torchvision.utils import make_grid, save_image
 
 from sngan import checkpoint
 from sngan.errors import UserError
-from sngan.models import build_generator
+from sngan.train import restore_models
 
 USAGE = "usage: python -m sngan.sample ckpt=PATH [n=64] [out=grid.png] [seed=0] [device=cpu]"
 
 
-def parse_args(argv: list[str], defaults: dict) -> dict:
+def parse_args(argv: list[str], defaults: dict, usage: str = USAGE) -> dict:
     """key=value arguments over `defaults`; unknown keys and missing required ones are UserErrors."""
     args = dict(defaults)
     for item in argv:
         key, sep, value = item.partition("=")
         if not sep or key not in defaults:
-            raise UserError(f"unexpected argument {item!r}; {USAGE}")
+            raise UserError(f"unexpected argument {item!r}; {usage}")
         args[key] = value
     missing = [k for k, v in args.items() if v is None]
     if missing:
-        raise UserError(f"missing {', '.join(missing)}; {USAGE}")
+        raise UserError(f"missing {', '.join(missing)}; {usage}")
     return args
+
+
+def positive_int(args: dict, key: str, minimum: int = 1) -> int:
+    """args[key] as an integer >= minimum, else a UserError naming the key."""
+    try:
+        value = int(args[key])
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise UserError(f"{key} must be an integer >= {minimum}, got {args[key]!r}")
+    return value
 
 
 def load_generator(ckpt: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """The run's generator (its EMA when present) in eval mode, and the checkpoint's config."""
-    state = checkpoint.load(checkpoint.locate(ckpt))
-    cfg = state["config"]
-    G = build_generator(cfg["model"]["name"], resolution=cfg["dataset"]["resolution"],
-                        z_dim=cfg["model"]["z_dim"], g_ch=cfg["model"]["g_ch"])
-    if state.get("G_ema") is not None:  # AveragedModel keys: module.<name>, plus n_averaged
-        G.load_state_dict({k[len("module."):]: v for k, v in state["G_ema"].items() if k.startswith("module.")})
-    else:
-        G.load_state_dict(state["G"])
-    return G.to(device).eval(), cfg
+    cfg, G, _, ema = restore_models(checkpoint.load(checkpoint.locate(ckpt)), torch.device(device))
+    return (ema.module if ema is not None else G).eval(), cfg
 
 
 @torch.no_grad()
@@ -58,12 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         a = parse_args(sys.argv[1:] if argv is None else argv,
                        {"ckpt": None, "n": "64", "out": "samples.png", "seed": "0", "device": "cpu"})
-        n, seed = int(a["n"]), int(a["seed"])
-        if n < 1:
-            raise UserError(f"n must be a positive integer, got {n}")
+        n, seed = positive_int(a, "n"), positive_int(a, "seed", minimum=0)
         G, _ = load_generator(a["ckpt"], a["device"])
-    except ValueError as e:
-        sys.exit(f"error: {e}; {USAGE}")
     except UserError as e:
         sys.exit(f"error: {e}")
     images = generate(G, n, seed, a["device"])

@@ -48,6 +48,19 @@ def build_models(cfg: DictConfig, device: torch.device):
     return G, D, ema
 
 
+def restore_models(state: dict, device: torch.device):
+    """(config, G, D, EMA or None) of a checkpoint, weights loaded, on `device`."""
+    cfg = OmegaConf.create(state["config"])
+    G, D, ema = build_models(cfg, device)
+    image_shape = (3, cfg.dataset.resolution, cfg.dataset.resolution)
+    layer_input_sizes(D, image_shape, device)  # the `operator` variant learns its input size first
+    G.load_state_dict(state["G"])
+    D.load_state_dict(state["D"])
+    if ema is not None:
+        ema.load_state_dict(state["G_ema"])
+    return cfg, G, D, ema
+
+
 def build_optimizers(cfg: DictConfig, G, D):
     o = cfg.optim
     betas = (float(o.beta1), float(o.beta2))  # YAML `0` is an int, which Adam rejects

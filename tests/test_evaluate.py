@@ -1,0 +1,100 @@
+"""`python -m sngan.evaluate`: oracle metrics, per-layer sigmas, and the torch-fidelity path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch_fidelity
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+from conftest import TINY, TINY_MODEL, compose_config, read_scalars, run_cli
+from fixtures import skip_cifar10_md5, write_cifar10
+from sngan.evaluate import evaluate
+from sngan.train import train
+
+QUIET = ["log.every=1000", "log.sample_every=1000", "log.eval_every=1000"]
+
+
+class SmallFeatures(FeatureExtractorBase):
+    """A stand-in for Inception (whose weights cannot be downloaded here): fixed random conv features."""
+
+    def __init__(self, name, features_list, **kwargs):
+        super().__init__(name, features_list)
+        gen = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.head = torch.nn.Linear(16, 10)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("16", "logits_unbiased")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return {"isc": "logits_unbiased", "fid": "16", "kid": "16"}[metric]
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+    def forward(self, x):
+        assert x.dtype == torch.uint8
+        feats = torch.relu(self.conv(x.float() / 255)).mean(dim=(2, 3)).double()
+        out = {"16": feats, "logits_unbiased": self.head(feats.float()).double()}
+        return tuple(out[name] for name in self.features_list)
+
+
+if "sngan-test-features" not in torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY:
+    torch_fidelity.register_feature_extractor("sngan-test-features", SmallFeatures)
+
+
+def test_cli_prints_json_last_and_writes_it_beside_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(compose_config(TINY + QUIET + ["train.steps=3", "log.every=3"]), run)
+    proc = run_cli([f"ckpt={run}", "n=200"], cwd=tmp_path, module="sngan.evaluate")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == json.loads((run / "checkpoints" / "last.metrics.json").read_text())
+    assert result["step"] == 3 and 0 <= result["metrics/clean_rate"] <= 1
+    assert result["metrics/num_modes"] == 112
+    # the same numbers the trainer logged for these weights at step 3
+    logged = read_scalars(run)
+    for tag in ("sigma/matrix/conv1", "sigma/operator/conv3", "sigma/lipschitz_bound"):
+        assert result[tag] == pytest.approx(logged[tag][-1][1], rel=1e-5)
+    product = 1.0
+    for key, value in result.items():
+        if key.startswith("sigma/operator/"):
+            product *= value
+    assert result["sigma/lipschitz_bound"] == pytest.approx(product)
+
+
+def test_fid_is_kid_through_torch_fidelity_with_a_stand_in_extractor(tmp_path, monkeypatch):
+    write_cifar10(tmp_path / "cifar", n_per_batch=20)
+    skip_cifar10_md5(monkeypatch)
+    run = tmp_path / "run"
+    train(compose_config(TINY_MODEL + QUIET + ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}",
+                                               "dataset.download=false", "dataset.resolution=32",
+                                               "dataset.num_workers=0", "train.steps=2"]), run)
+    cache = tmp_path / "cache"
+    result = evaluate(str(run), n=64, feature_extractor="sngan-test-features", cache_root=str(cache))
+    for key in ("metrics/fid", "metrics/isc", "metrics/kid"):
+        assert torch.isfinite(torch.tensor(result[key])), key
+    assert result["metrics/fid"] > 0 and result["metrics/isc"] >= 1
+    assert any(cache.rglob("*sngan-cifar10-32-sngan-test-features*"))  # real statistics cached
+    again = evaluate(str(run), n=64, feature_extractor="sngan-test-features", cache_root=str(cache))
+    assert again["metrics/fid"] == pytest.approx(result["metrics/fid"])
+
+
+@pytest.mark.parametrize("args,message", [([], "missing ckpt"), (["ckpt=/nonexistent"], "does not exist"),
+                                          (["ckpt=x", "n=1"], "n must be an integer >= 2")])
+def test_bad_arguments(tmp_path, args, message):
+    proc = run_cli(args, cwd=tmp_path, module="sngan.evaluate")
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
