@@ -2,6 +2,7 @@
 
     python scripts/sigma_table.py                        # SNGAN CNN D, paper widths, 32x32, reshaped SN
     python scripts/sigma_table.py --model resnet --d-ch 128 --variant builtin
+    python scripts/sigma_table.py --ckpt outputs/synthetic-reshaped/<run>   # a trained D instead
 
 The discriminator is built at init, normalized with --variant, and its power iteration is run to
 convergence (--warmup training-mode forwards, no weight update); each layer is then measured at its
@@ -34,6 +35,20 @@ def sigma_rows(model: str, resolution: int, d_ch: int, variant: str, *, warmup: 
     return rows, scalars["sigma/lipschitz_bound"]
 
 
+def checkpoint_rows(ckpt: str):
+    """The same rows for the discriminator saved in a checkpoint (or run folder)."""
+    from sngan import checkpoint
+    from sngan.train import restore_models
+
+    cfg, _, D, _ = restore_models(checkpoint.load(checkpoint.locate(ckpt)), torch.device("cpu"))
+    res = cfg.dataset.resolution
+    sizes = layer_input_sizes(D, (3, res, res), "cpu")
+    scalars = sigma_scalars(D, sizes, tol=1e-6)
+    rows = [(name, sizes[name], scalars[f"sigma/matrix/{name}"], scalars[f"sigma/operator/{name}"])
+            for name in sizes]
+    return rows, scalars["sigma/lipschitz_bound"]
+
+
 def markdown(rows, bound: float) -> str:
     lines = ["| layer | input | sigma/matrix | sigma/operator | operator / matrix |",
              "| --- | --- | ---: | ---: | ---: |"]
@@ -52,8 +67,12 @@ def main() -> None:
     p.add_argument("--variant", default="reshaped", choices=VARIANTS)
     p.add_argument("--warmup", type=int, default=200, help="training-mode forwards before measuring")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt", help="measure the trained D of this checkpoint or run folder instead")
     a = p.parse_args()
-    rows, bound = sigma_rows(a.model, a.resolution, a.d_ch, a.variant, warmup=a.warmup, seed=a.seed)
+    if a.ckpt:
+        rows, bound = checkpoint_rows(a.ckpt)
+    else:
+        rows, bound = sigma_rows(a.model, a.resolution, a.d_ch, a.variant, warmup=a.warmup, seed=a.seed)
     print(markdown(rows, bound))
 
 

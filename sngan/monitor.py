@@ -82,6 +82,19 @@ def global_grad_norm(module: nn.Module) -> float:
     return float(torch.cat(grads).norm()) if grads else 0.0
 
 
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...] by step} from the event files directly in run_dir.
+
+    Sorted by step: the reader visits files by name, and two writers opened by one process within
+    the same second are named by a counter whose text order need not be their time order.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: sorted((e.step, e.value) for e in acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
+
+
 class Monitor:
     """TensorBoard writer, progress bar, fixed-z sample grids and oracle metrics for one run."""
 

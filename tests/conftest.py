@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from sngan.monitor import read_scalars  # noqa: F401  (re-exported for the tests)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
@@ -29,18 +31,6 @@ def run_cli(args, cwd, module="sngan.train", timeout=300):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value), ...] by step} from every event file directly in run_dir.
-
-    Sorted by step: the reader visits files by name, and two writers opened by one process within
-    the same second are named by a counter whose text order need not be their time order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: sorted((e.step, e.value) for e in acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
 
 
 @pytest.fixture(autouse=True)
