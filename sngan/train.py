@@ -16,7 +16,6 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.utils import parametrize
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sngan import checkpoint
@@ -24,10 +23,10 @@ from sngan.batches import BatchStream
 from sngan.config import check_config, resolve_device
 from sngan.data import build_dataset
 from sngan.errors import RunDiverged, UserError
-from sngan.losses import d_loss, g_loss
 from sngan.models import build_discriminator, build_generator
 from sngan.monitor import Monitor, global_grad_norm, input_grad_norm, layer_input_sizes, sigma_scalars
 from sngan.spectral import apply_spectral_norm
+from sngan.step import gan_iteration
 
 log = logging.getLogger(__name__)
 
@@ -138,51 +137,28 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     step = start
     try:
         while step < t.steps:
-            # --- discriminator: n_dis steps, each weight normalized once per step -------------
-            for _ in range(t.n_dis):
-                real = next(stream).to(device, non_blocking=True)
-                z = torch.randn(t.batch_size, G.z_dim, device=device)
-                with torch.no_grad():
-                    fake = G(z)
-                if t.instance_noise > 0:  # D sees noisy images: no perfect separation of exact data
-                    real = real + t.instance_noise * torch.randn_like(real)
-                    fake = fake + t.instance_noise * torch.randn_like(fake)
-                with parametrize.cached():
-                    real_logits, fake_logits = D(real), D(fake)
-                    loss_d = d_loss(cfg.loss.name, real_logits, fake_logits)
-                    opt_d.zero_grad(set_to_none=True)
-                    loss_d.backward()
-                opt_d.step()
-            # --- generator ----------------------------------------------------------------------
-            D.requires_grad_(False)
-            z = torch.randn(t.batch_size, G.z_dim, device=device)
-            fake = G(z)
-            if t.instance_noise > 0:
-                fake = fake + t.instance_noise * torch.randn_like(fake)
-            loss_g = g_loss(cfg.loss.name, D(fake))
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            D.requires_grad_(True)
+            it = gan_iteration(G, D, opt_g, opt_d, lambda: next(stream).to(device, non_blocking=True),
+                               batch_size=t.batch_size, n_dis=t.n_dis, loss=cfg.loss.name,
+                               instance_noise=t.instance_noise)
             sched_g.step()
             sched_d.step()
             step += 1
             if ema is not None and step > t.ema_start:
                 ema.update_parameters(G)
-            finite &= torch.isfinite(loss_d) & torch.isfinite(loss_g)
+            finite &= torch.isfinite(it.loss_d) & torch.isfinite(it.loss_g)
 
             # --- diagnostics (read-only) and checkpoints -----------------------------------------
             last = step == t.steps
             if step % lg.every == 0 or last:
                 if not finite:
-                    raise RunDiverged(f"non-finite loss by step {step} (loss/d={loss_d.item()}, "
-                                      f"loss/g={loss_g.item()}); the last good checkpoint is kept")
-                values = {"loss/d": loss_d.item(), "loss/g": loss_g.item(),
-                          "D/real": real_logits.mean().item(), "D/fake": fake_logits.mean().item(),
+                    raise RunDiverged(f"non-finite loss by step {step} (loss/d={it.loss_d.item()}, "
+                                      f"loss/g={it.loss_g.item()}); the last good checkpoint is kept")
+                values = {"loss/d": it.loss_d.item(), "loss/g": it.loss_g.item(),
+                          "D/real": it.real_logits.mean().item(), "D/fake": it.fake_logits.mean().item(),
                           "grad_norm/d": global_grad_norm(D), "grad_norm/g": global_grad_norm(G),
                           "lr/d": sched_d.get_last_lr()[0], "lr/g": sched_g.get_last_lr()[0],
                           "perf/img_per_s": monitor.images_per_second(step, t.batch_size * t.n_dis)}
-                values["lipschitz/grad_norm"] = 0.5 * (input_grad_norm(D, real) + input_grad_norm(D, fake))
+                values["lipschitz/grad_norm"] = 0.5 * (input_grad_norm(D, it.real) + input_grad_norm(D, it.fake))
                 values.update(sigma_scalars(D, input_sizes))
                 monitor.scalars(step, values)
                 monitor.progress(step, {k: values[k] for k in ("loss/d", "loss/g", "perf/img_per_s")})

@@ -124,16 +124,16 @@ def test_sigma_signatures_separate_the_variants(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, monkeypatch):
-    import sngan.train as trainer
+    import sngan.step as step
 
-    real_d_loss, calls = trainer.d_loss, {"n": 0}
+    real_d_loss, calls = step.d_loss, {"n": 0}
 
     def poisoned(*args):
         calls["n"] += 1
         loss = real_d_loss(*args)
         return loss * float("nan") if calls["n"] > 4 else loss
 
-    monkeypatch.setattr(trainer, "d_loss", poisoned)
+    monkeypatch.setattr(step, "d_loss", poisoned)
     with pytest.raises(RunDiverged, match="non-finite"):
         _train(tmp_path, ["train.steps=10", "train.n_dis=1", "log.every=1000", "ckpt.every=2", "log.sample_every=1000",
                           "log.eval_every=1000"])
