@@ -1,0 +1,172 @@
+"""Speed and memory of one training iteration, per variant, against a textbook SNGAN loop.
+
+    python scripts/bench.py                                   # SNGAN CNN, paper widths, batch 64, CPU
+    python scripts/bench.py --g-ch 128 --d-ch 32 --resolution 16 --n-dis 5 --json bench.json
+
+In one process, interleaved so that machine noise hits every configuration alike: the time per
+iteration (n_dis D updates + 1 G update, sngan.step.gan_iteration, on a fixed in-memory batch) of
+every variant, relative to `none`; the cost of one round of the trainer's diagnostics (per-layer
+sigmas, gradient norms) spread over the default logging interval; images per second; and a
+"textbook" loop written the naive way (torch.nn.utils.spectral_norm hooks, plain zero_grad, no
+parametrize.cached) with the same models and batch. Peak memory is the peak RSS (CPU) or max
+allocated (GPU) of a separate process per configuration, since a process's peak only grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from sngan.models import build_discriminator, build_generator
+from sngan.monitor import input_grad_norm, layer_input_sizes, sigma_scalars
+from sngan.spectral import VARIANTS, apply_spectral_norm, normalized_layers
+from sngan.step import gan_iteration
+
+TEXTBOOK = "textbook"
+
+
+def build(args, variant: str, device: torch.device):
+    torch.manual_seed(0)
+    G = build_generator(args.model, resolution=args.resolution, g_ch=args.g_ch).to(device)
+    D = build_discriminator(args.model, resolution=args.resolution, d_ch=args.d_ch).to(device)
+    if variant == TEXTBOOK:
+        for _, layer in normalized_layers(D):
+            torch.nn.utils.spectral_norm(layer)
+    else:
+        apply_spectral_norm(D, variant)
+    betas = (0.5, 0.999)
+    return G, D, torch.optim.Adam(G.parameters(), 2e-4, betas=betas), torch.optim.Adam(D.parameters(), 2e-4, betas=betas)
+
+
+def textbook_iteration(G, D, opt_g, opt_d, real, batch: int, n_dis: int) -> None:
+    """The way an SNGAN step is usually written: separate backward per step, default zero_grad."""
+    for _ in range(n_dis):
+        fake = G(torch.randn(batch, G.z_dim, device=real.device)).detach()
+        loss_d = F.relu(1 - D(real)).mean() + F.relu(1 + D(fake)).mean()
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+    loss_g = -D(G(torch.randn(batch, G.z_dim, device=real.device))).mean()
+    opt_g.zero_grad()
+    loss_g.backward()
+    opt_g.step()
+
+
+def make_runner(args, variant: str, device: torch.device):
+    G, D, opt_g, opt_d = build(args, variant, device)
+    real = torch.rand(args.batch, 3, args.resolution, args.resolution, device=device) * 2 - 1
+    if variant == TEXTBOOK:
+        return lambda: textbook_iteration(G, D, opt_g, opt_d, real, args.batch, args.n_dis), (G, D)
+    return (lambda: gan_iteration(G, D, opt_g, opt_d, lambda: real, batch_size=args.batch,
+                                  n_dis=args.n_dis, loss="hinge")), (G, D)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def seconds_per_iteration(run, steps: int, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def diagnostics_seconds(args, device: torch.device) -> float:
+    """One round of the trainer's per-log diagnostics on a `reshaped` D."""
+    run, (G, D) = make_runner(args, "reshaped", device)
+    run()
+    sizes = layer_input_sizes(D, (3, args.resolution, args.resolution), device)
+    real = torch.rand(args.batch, 3, args.resolution, args.resolution, device=device) * 2 - 1
+    sync(device)
+    start = time.perf_counter()
+    sigma_scalars(D, sizes)
+    input_grad_norm(D, real)
+    input_grad_norm(D, real)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def peak_memory_mb(args, variant: str) -> float:
+    """Peak memory of a fresh process that runs `variant` for a few iterations."""
+    cmd = [sys.executable, __file__, "--memory-of", variant, *sys.argv[1:]]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def memory_child(args, variant: str, device: torch.device) -> None:
+    run, _ = make_runner(args, variant, device)
+    for _ in range(3):
+        run()
+    sync(device)
+    if device.type == "cuda":
+        print(torch.cuda.max_memory_allocated() / 2**20)
+        return
+    with open("/proc/self/status") as f:
+        hwm = next(line for line in f if line.startswith("VmHWM"))
+    print(int(hwm.split()[1]) / 1024)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="cnn", choices=("cnn", "resnet"))
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--g-ch", type=int, default=512)
+    p.add_argument("--d-ch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--n-dis", type=int, default=1)
+    p.add_argument("--steps", type=int, default=5, help="iterations per timed block")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timed blocks per configuration")
+    p.add_argument("--log-every", type=int, default=50, help="logging interval the diagnostics are spread over")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--memory-of", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    if args.memory_of:
+        return memory_child(args, args.memory_of, device)
+
+    names = list(VARIANTS) + [TEXTBOOK]
+    runners = {name: make_runner(args, name, device)[0] for name in names}
+    for run in runners.values():  # warm-up: allocator, first-forward initialisations
+        run()
+    times = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name in names:
+            times[name].append(seconds_per_iteration(runners[name], args.steps, device))
+    best = {name: min(t) for name, t in times.items()}
+    diag = diagnostics_seconds(args, device)
+    images = args.batch * args.n_dis
+    rows = []
+    for name in names:
+        rows.append({"config": name, "s_per_iter": best[name],
+                     "median_s_per_iter": statistics.median(times[name]),
+                     "vs_none": best[name] / best["none"], "img_per_s": images / best[name],
+                     "peak_memory_mb": peak_memory_mb(args, name)})
+    result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "settings": {k: v for k, v in vars(args).items() if k not in ("json", "memory_of")},
+              "rows": rows, "diagnostics_s": diag,
+              "diagnostics_share_at_log_every": diag / (diag + args.log_every * best["reshaped"])}
+    print(f"{'config':<10} {'s/iter':>8} {'vs none':>8} {'img/s':>8} {'peak MB':>8}")
+    for r in rows:
+        print(f"{r['config']:<10} {r['s_per_iter']:>8.4f} {r['vs_none']:>8.3f} {r['img_per_s']:>8.1f} "
+              f"{r['peak_memory_mb']:>8.0f}")
+    print(f"diagnostics: {diag:.3f} s per log = {100 * result['diagnostics_share_at_log_every']:.1f}% "
+          f"of a run logged every {args.log_every} iterations")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
