@@ -107,13 +107,13 @@ def _plot_samples(path: Path, by_variant: dict) -> None:
     import matplotlib.pyplot as plt
 
     shown = [(v, next((r["last_sample"] for r in runs if r["last_sample"]), None)) for v, runs in by_variant.items()]
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.8), squeeze=False)
     for ax, (variant, sample) in zip(axes.flat, shown):
         if sample is not None:
             ax.imshow(mpimg.imread(sample))
         ax.set_title(f"{variant}" + (f"\n{sample.stem}" if sample is not None else ""), fontsize=9)
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
