@@ -151,9 +151,6 @@ class Monitor:
         self.writer.add_hparams(hparams, {f"final/{k}": v for k, v in metrics.items()},
                                 run_name="hparams")
 
-    def write(self, message: str) -> None:
-        self.bar.write(message)
-
     def close(self) -> None:
         self.bar.close()
         self.writer.close()
