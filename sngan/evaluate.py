@@ -47,7 +47,7 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int = 0, device: str = "cpu", d
     result.update(sigma_scalars(D, layer_input_sizes(D, (3, res, res), dev)))
     oracle = getattr(dataset, "oracle", None)
     if oracle is not None:
-        images = generate(sample_G.eval(), n, seed, device)
+        images = generate(sample_G, n, seed, device)
         result.update({f"metrics/{k}": v for k, v in oracle.oracle_metrics(images).items()})
     else:
         cache_name = f"sngan-{cfg.dataset.name}-{res}-{feature_extractor}"

@@ -76,6 +76,20 @@ def input_grad_norm(D: nn.Module, images: Tensor) -> float:
     return float(grad.flatten(1).norm(dim=1).mean())
 
 
+@torch.no_grad()
+def generate(G: nn.Module, z: Tensor, batch: int = 256) -> Tensor:
+    """G(z) in batches, in eval mode (BatchNorm statistics untouched)."""
+    with eval_mode(G):
+        return torch.cat([G(z[i:i + batch]) for i in range(0, len(z), batch)])
+
+
+def save_grid(images: Tensor, path: Path) -> Tensor:
+    """A square-ish grid of images in [-1, 1], written as a PNG; returns the grid."""
+    grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))), normalize=True, value_range=(-1, 1))
+    save_image(grid, path)
+    return grid
+
+
 def global_grad_norm(module: nn.Module) -> float:
     """L2 norm of all parameter gradients of `module` (0 if none)."""
     grads = [p.grad.detach().flatten() for p in module.parameters() if p.grad is not None]
@@ -128,23 +142,15 @@ class Monitor:
         self.bar.n = step
         self.bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()}, refresh=True)
 
-    @torch.no_grad()
-    def generate(self, G: nn.Module, z: Tensor, batch: int = 250) -> Tensor:
-        with eval_mode(G):
-            return torch.cat([G(z[i:i + batch]) for i in range(0, len(z), batch)])
-
     def sample_grid(self, step: int, G: nn.Module) -> Path:
-        images = self.generate(G, self.fixed_z)
-        grid = make_grid(images, nrow=int(math.sqrt(len(images))), normalize=True, value_range=(-1, 1))
-        self.writer.add_image("samples", grid, step)
         path = self.run_dir / "samples" / f"step_{step:07d}.png"
-        save_image(grid, path)
+        self.writer.add_image("samples", save_grid(generate(G, self.fixed_z), path), step)
         return path
 
     def oracle_metrics(self, G: nn.Module) -> dict[str, float]:
         if self.oracle is None:
             return {}
-        images = self.generate(G, self.eval_z).cpu()
+        images = generate(G, self.eval_z).cpu()
         return {f"metrics/{k}": float(v) for k, v in self.oracle.oracle_metrics(images).items()}
 
     def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:

@@ -6,14 +6,13 @@ The EMA generator is used when the run kept one. `ckpt` may be a run folder or a
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
-from sngan import checkpoint
+from sngan import checkpoint, monitor
 from sngan.errors import UserError
 from sngan.train import restore_models
 
@@ -51,11 +50,10 @@ def load_generator(ckpt: str, device: str = "cpu") -> tuple[torch.nn.Module, dic
     return (ema.module if ema is not None else G).eval(), cfg
 
 
-@torch.no_grad()
-def generate(G: torch.nn.Module, n: int, seed: int, device: str = "cpu", batch: int = 256) -> torch.Tensor:
+def generate(G: torch.nn.Module, n: int, seed: int, device: str = "cpu") -> torch.Tensor:
     """n images in [-1, 1] from z drawn with a private generator seeded by `seed`."""
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
-    return torch.cat([G(z[i:i + batch]) for i in range(0, n, batch)]).cpu()
+    return monitor.generate(G, z).cpu()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a["out"])
     if out.suffix.lower() == ".png":
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(make_grid(images, nrow=math.ceil(math.sqrt(n)), normalize=True, value_range=(-1, 1)), out)
+        monitor.save_grid(images, out)
     else:
         out.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):
