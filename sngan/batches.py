@@ -1,10 +1,12 @@
 """An endless stream of training batches whose position can be saved and restored exactly.
 
-Epoch e visits the dataset in the order torch.randperm(n, generator=seed + e); the position is
-(epoch, batch index within the epoch). Restoring it rebuilds that epoch's order and skips the
-batches already used (by index, without loading them), so a resumed run sees the same images in
-the same order as an uninterrupted one, whatever the number of workers. Nothing here touches the
-global RNG.
+Epoch e visits the dataset in the order torch.randperm(n, generator=seed + e), cut into global
+batches of `batch_size`; the position is (epoch, global batch index within the epoch). Under
+data parallelism rank r of N takes the r-th slice of batch_size / N images of each global batch,
+so the N ranks together see exactly the images a single process would, and a position saved at
+one world size resumes at another. Restoring a position rebuilds that epoch's order and skips
+the batches already used (by index, without loading them), whatever the number of workers.
+Nothing here touches the global RNG.
 """
 
 from __future__ import annotations
@@ -16,30 +18,46 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class _EpochOrder(Sampler[int]):
-    """Indices of one epoch in a seeded order, starting after `skip` samples."""
+    """This rank's indices of one epoch, in the seeded order, from global batch `start` on.
 
-    def __init__(self, n: int, seed: int, epoch: int, skip: int):
-        self.n, self.seed, self.epoch, self.skip = n, seed, epoch, skip
+    One instance serves every epoch: the stream sets `epoch` and `start` before each pass, and a
+    DataLoader with persistent workers asks for a fresh iterator each time.
+    """
+
+    def __init__(self, n: int, seed: int, global_batch: int, rank: int, world_size: int):
+        self.n, self.seed, self.global_batch = n, seed, global_batch
+        self.local_batch = global_batch // world_size
+        self.offset = rank * self.local_batch
+        self.epoch, self.start = 0, 0
 
     def __iter__(self) -> Iterator[int]:
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        return iter(order[self.skip:].tolist())
+        batches = order[: self.n // self.global_batch * self.global_batch].view(-1, self.global_batch)
+        mine = batches[self.start:, self.offset:self.offset + self.local_batch]
+        return iter(mine.reshape(-1).tolist())
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        return (self.n // self.global_batch - self.start) * self.local_batch
 
 
 class BatchStream:
-    """next(stream) -> a batch of `batch_size` images; `position` / `restore()` for exact resume."""
+    """next(stream) -> this rank's part of the next global batch; `position` / `restore()` for exact resume."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, seed: int, num_workers: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, rank: int = 0, world_size: int = 1):
         if len(dataset) < batch_size:
             raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch ({batch_size})")
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        if batch_size % world_size:
+            raise ValueError(f"the global batch ({batch_size}) must split evenly over {world_size} ranks")
+        self.seed = seed
         self.batches_per_epoch = len(dataset) // batch_size  # the last partial batch is dropped
         self.epoch, self.index = 0, 0
+        self._order = _EpochOrder(len(dataset), seed, batch_size, rank, world_size)
+        self._loader = DataLoader(dataset, batch_size=self._order.local_batch, sampler=self._order,
+                                  num_workers=num_workers, pin_memory=pin_memory,
+                                  persistent_workers=num_workers > 0,
+                                  # a private generator: worker seeding must not draw from the global RNG
+                                  generator=torch.Generator().manual_seed(seed))
         self._iter: Iterator | None = None
 
     @property
@@ -52,20 +70,12 @@ class BatchStream:
         self.epoch, self.index = position["epoch"], position["index"]
         self._iter = None
 
-    def _start_epoch(self) -> None:
-        sampler = _EpochOrder(len(self.dataset), self.seed, self.epoch, self.index * self.batch_size)
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            # a private generator: worker seeding must not draw from the global RNG
-                            generator=torch.Generator().manual_seed(self.seed),
-                            persistent_workers=False)
-        self._iter = iter(loader)
-
     def __next__(self):
         if self.index >= self.batches_per_epoch:
             self.epoch, self.index, self._iter = self.epoch + 1, 0, None
         if self._iter is None:
-            self._start_epoch()
+            self._order.epoch, self._order.start = self.epoch, self.index
+            self._iter = iter(self._loader)
         batch = next(self._iter)
         self.index += 1
         return batch

@@ -100,7 +100,8 @@ def load(path: Path, map_location="cpu") -> dict:
 
 # Config keys a resume may change: they do not change the maths of the run.
 RESUMABLE_CHANGES = ("train.steps", "log", "ckpt", "device", "resume", "dataset.num_workers", "dataset.root",
-                     "dataset.download")
+                     "dataset.download", "train.amp", "train.compile", "train.channels_last",
+                     "train.cudnn_benchmark")
 
 
 def locate(target: str | Path) -> Path:

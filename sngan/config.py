@@ -46,6 +46,8 @@ def check_config(cfg: DictConfig) -> None:
     noise = cfg.train.instance_noise
     _require(isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise >= 0,
              f"train.instance_noise must be a number >= 0, got {noise!r}")
+    for key in ("amp", "compile", "channels_last", "cudnn_benchmark"):
+        _require(isinstance(cfg.train[key], bool), f"train.{key} must be true or false, got {cfg.train[key]!r}")
     _require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
              f"device must be auto, cpu or cuda, got {cfg.device!r}")
 

@@ -39,6 +39,11 @@ def weight_matrix(weight: Tensor, dim: int = 0) -> Tensor:
     return weight.flatten(1)
 
 
+def _full_precision(weight: Tensor):
+    """Sigma is computed in the weight's own precision, also inside an autocast region."""
+    return torch.autocast(weight.device.type, enabled=False)
+
+
 class _NaiveSpectralNorm:
     """The common incorrect recipe, reproduced faithfully (a forward pre-hook).
 
@@ -67,8 +72,8 @@ class _NaiveSpectralNorm:
     def __call__(self, layer: nn.Module, args: tuple) -> None:
         if not layer.training:
             return
-        with torch.no_grad():
-            w = layer.weight.data.view(layer.weight.shape[0], -1)
+        with torch.no_grad(), _full_precision(layer.weight):
+            w = layer.weight.data.reshape(layer.weight.shape[0], -1)  # a copy if channels_last
             u = layer.naive_u  # (1, out), never written
             v = F.normalize(u @ w, dim=1, eps=self.eps)
             u_next = F.normalize(v @ w.T, dim=1, eps=self.eps)
@@ -101,14 +106,15 @@ class _ReshapedSpectralNorm(nn.Module):
             self._v = F.normalize(mat.T @ self._u, dim=0, eps=self.eps, out=self._v)
 
     def forward(self, weight: Tensor) -> Tensor:
-        mat = weight_matrix(weight, self.dim)
-        if self.training:
-            self._power_iteration(mat.detach(), self.n_power_iterations)
-        # Clones let D(real) and D(fake) share one backward although u, v change in between.
-        u = self._u.clone(memory_format=torch.contiguous_format)
-        v = self._v.clone(memory_format=torch.contiguous_format)
-        sigma = torch.dot(u, mat @ v)
-        return weight / sigma
+        with _full_precision(weight):
+            mat = weight_matrix(weight, self.dim)
+            if self.training:
+                self._power_iteration(mat.detach(), self.n_power_iterations)
+            # Clones let D(real) and D(fake) share one backward although u, v change in between.
+            u = self._u.clone(memory_format=torch.contiguous_format)
+            v = self._v.clone(memory_format=torch.contiguous_format)
+            sigma = torch.dot(u, mat @ v)
+            return weight / sigma
 
 
 class _OperatorSpectralNorm(nn.Module):
@@ -161,7 +167,9 @@ class _OperatorSpectralNorm(nn.Module):
         gen = torch.Generator().manual_seed(self.seed)
         x = torch.randn((1, self.in_channels, *size), generator=gen, dtype=self._x.dtype)
         self._x = (x / x.norm()).to(self._x.device)
-        self._power_iteration(layer.parametrizations.weight.original, self.warmup_iterations)
+        weight = layer.parametrizations.weight.original
+        with _full_precision(weight):
+            self._power_iteration(weight, self.warmup_iterations)
 
     @torch.no_grad()
     def _power_iteration(self, weight: Tensor, n: int) -> None:
@@ -173,11 +181,12 @@ class _OperatorSpectralNorm(nn.Module):
         if not self._x.numel():
             raise RuntimeError("operator spectral norm: the layer's weight was read before its "
                                "first forward, so its input size is unknown")
-        if self.training:
-            self._power_iteration(weight.detach(), self.n_power_iterations)
-        x = self._x.clone(memory_format=torch.contiguous_format)
-        sigma = self.fn(x, weight).norm()
-        return weight / sigma
+        with _full_precision(weight):
+            if self.training:
+                self._power_iteration(weight.detach(), self.n_power_iterations)
+            x = self._x.clone(memory_format=torch.contiguous_format)
+            sigma = self.fn(x, weight).norm()
+            return weight / sigma
 
 
 def _normalize_layer(layer: nn.Module, variant: str, n_power_iterations: int, eps: float) -> None:

@@ -6,7 +6,8 @@ a value back to the host: the returned tensors are only read at log steps.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -24,21 +25,40 @@ class Iteration(NamedTuple):
     fake: Tensor
 
 
+@contextmanager
+def normalized_weights_once(D: nn.Module, amp: bool) -> Iterator[None]:
+    """Each normalized weight is computed once per update, not once per D call. Under autocast it
+    is computed first, outside the autocast region: torch's built-in spectral_norm iterates with
+    torch.mv, which CUDA autocast runs in 16 bits (this package's variants guard themselves)."""
+    with parametrize.cached():
+        if amp:
+            for module in D.modules():
+                if parametrize.is_parametrized(module, "weight"):
+                    module.weight  # computed and cached here, outside autocast
+        yield
+
+
 def gan_iteration(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                   next_real: Callable[[], Tensor], *, batch_size: int, n_dis: int, loss: str,
-                  instance_noise: float = 0.0) -> Iteration:
+                  instance_noise: float = 0.0, D_update: nn.Module | None = None,
+                  G_update: nn.Module | None = None, amp_dtype: torch.dtype | None = None) -> Iteration:
+    """`D_update` / `G_update` (default D / G) are what the two updates call: DDP wrappers under
+    data parallelism. G's update calls plain D, so D's gradient reducer never sees it.
+    `amp_dtype` runs the forwards under autocast; losses are taken in float32."""
+    D_update, G_update = D_update or D, G_update or G
     device = next(G.parameters()).device
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     for _ in range(n_dis):
         real = next_real()
         z = torch.randn(batch_size, G.z_dim, device=device)
-        with torch.no_grad():
-            fake = G(z)
+        with torch.no_grad(), autocast():
+            fake = G(z).float()
         if instance_noise > 0:  # D sees noisy images: no perfect separation of exact data
             real = real + instance_noise * torch.randn_like(real)
             fake = fake + instance_noise * torch.randn_like(fake)
-        # Each normalized weight is computed once per D update, not once per D call.
-        with parametrize.cached():
-            real_logits, fake_logits = D(real), D(fake)
+        with normalized_weights_once(D, amp_dtype is not None):
+            with autocast():
+                real_logits, fake_logits = D_update(real).float(), D_update(fake).float()
             loss_d = d_loss(loss, real_logits, fake_logits)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
@@ -46,12 +66,14 @@ def gan_iteration(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
 
     D.requires_grad_(False)  # G's update needs gradients through D, not for D
     z = torch.randn(batch_size, G.z_dim, device=device)
-    fake_g = G(z)
-    if instance_noise > 0:
-        fake_g = fake_g + instance_noise * torch.randn_like(fake_g)
-    loss_g = g_loss(loss, D(fake_g))
-    opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
+    with normalized_weights_once(D, amp_dtype is not None):
+        with autocast():
+            fake_g = G_update(z)
+            if instance_noise > 0:
+                fake_g = fake_g + instance_noise * torch.randn_like(fake_g)
+            loss_g = g_loss(loss, D(fake_g).float())
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
     opt_g.step()
     D.requires_grad_(True)
     return Iteration(loss_d, loss_g, real_logits, fake_logits, real, fake)

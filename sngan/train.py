@@ -7,6 +7,7 @@ samples, oracle metrics and an atomic checkpoint.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import sys
@@ -16,9 +17,10 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from sngan import checkpoint
+from sngan import checkpoint, distributed
 from sngan.batches import BatchStream
 from sngan.config import check_config, resolve_device
 from sngan.data import build_dataset
@@ -78,11 +80,45 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_seed(*key: int) -> int:
+    """A seed for one rank's noise stream: (seed, rank) pairs never share a stream."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+
+
+def wrap_for_speed_and_scale(cfg: DictConfig, G, D, device: torch.device, ctx: distributed.Context):
+    """Apply train.channels_last / train.compile to G and D in place, and return the modules the
+    two updates call: DDP wrappers under data parallelism, else G and D themselves."""
+    if cfg.train.channels_last:
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        G.compile()
+        D.compile()
+    if not ctx.enabled:
+        return G, D
+    ids = [device.index] if device.type == "cuda" else None
+    # No buffer broadcast at every forward: distributed.sync_buffers runs once per iteration.
+    no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else {"broadcast_buffers": False})  # torch < 2.15
+    return DDP(G, device_ids=ids, **no_forward_sync), DDP(D, device_ids=ids, **no_forward_sync)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Run (or resume) one training run in `run_dir`; return the final logged metrics."""
+    """Run (or resume) one training run in `run_dir`; return the final logged metrics.
+
+    Under torchrun every rank calls this; rank 0's `run_dir` is the run's folder.
+    """
     check_config(cfg)
-    run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
+    ctx = distributed.setup(device.type)
+    device = distributed.rank_device(device, ctx)
+    if cfg.train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("train.amp=true needs a GPU with bf16 support; use train.amp=false")
+    if cfg.train.batch_size % ctx.world_size:
+        raise UserError(f"train.batch_size ({cfg.train.batch_size}) is the global batch: it must split "
+                        f"evenly over the {ctx.world_size} ranks")
+    torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark)
+    run_dir = Path(distributed.broadcast_object(str(run_dir), ctx))
     resume_from = checkpoint.find_resume_checkpoint(cfg.resume, run_dir)
     seed_everything(cfg.seed)
 
@@ -90,9 +126,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     G, D, ema = build_models(cfg, device)
     opt_g, opt_d, sched_g, sched_d = build_optimizers(cfg, G, D)
     stream = BatchStream(dataset, batch_size=cfg.train.batch_size, seed=cfg.seed,
-                         num_workers=cfg.dataset.num_workers, pin_memory=device.type == "cuda")
+                         num_workers=cfg.dataset.num_workers, pin_memory=device.type == "cuda",
+                         rank=ctx.rank, world_size=ctx.world_size)
     # Fix each normalized layer's input size now (the `operator` variant learns it from a forward).
     input_sizes = layer_input_sizes(D, tuple(dataset[0].shape), device)
+    if ctx.rank > 0:  # every rank draws its own noise; rank 0 draws what a single process would
+        seed_everything(rank_seed(cfg.seed, ctx.rank))
 
     start = 0
     if resume_from is not None:
@@ -108,38 +147,58 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         for obj, key in ((opt_g, "opt_g"), (opt_d, "opt_d"), (sched_g, "sched_g"), (sched_d, "sched_d")):
             obj.load_state_dict(state[key])
         stream.restore(state["data"])
-        checkpoint.set_rng_state(state["rng"])
         start = state["step"]
+        rngs = state.get("rng_ranks") or [state["rng"]]
+        if ctx.rank < len(rngs):  # the same world size resumes exactly
+            checkpoint.set_rng_state(rngs[ctx.rank])
+        else:  # more ranks than the saved run had: a fresh stream for this rank
+            seed_everything(rank_seed(cfg.seed, ctx.rank, start))
         log.info("resumed from %s at step %d", resume_from, start)
     elif (run_dir / "checkpoints" / checkpoint.LAST).exists():
         raise UserError(f"{run_dir} already holds a run: pass resume=true to continue it, "
                         "or choose another hydra.run.dir")
 
+    G_update, D_update = wrap_for_speed_and_scale(cfg, G, D, device, ctx)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
+    next_real = lambda: next(stream).to(device, non_blocking=True, memory_format=memory_format)
+    amp_dtype = torch.bfloat16 if cfg.train.amp else None
     t, lg, ck = cfg.train, cfg.log, cfg.ckpt
-    monitor = Monitor(run_dir, total_steps=t.steps, start_step=start, z_dim=G.z_dim, device=device,
-                      seed=cfg.seed, n_eval=lg.n_eval, oracle=getattr(dataset, "oracle", None),
-                      enabled_bar=lg.progress)
+    monitor = None
+    if ctx.is_main:
+        monitor = Monitor(run_dir, total_steps=t.steps, start_step=start, z_dim=G.z_dim, device=device,
+                          seed=cfg.seed, n_eval=lg.n_eval, oracle=getattr(dataset, "oracle", None),
+                          enabled_bar=lg.progress)
     sample_G = ema.module if ema is not None else G
 
     def save(step: int) -> None:
+        # Every rank takes part: its RNG state, and a digest proving the replicas still agree.
+        rngs = distributed.gather_objects(checkpoint.rng_state(), ctx)
+        digests = distributed.gather_objects(distributed.state_digest(G, D, ema), ctx) if ctx.enabled else []
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"step {step}: the ranks' models differ (state digests {digests})")
+        if not ctx.is_main:
+            return
         checkpoint.save(run_dir / "checkpoints", {
             "step": step, "G": G.state_dict(), "D": D.state_dict(),
             "G_ema": ema.state_dict() if ema is not None else None,
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
-            "rng": checkpoint.rng_state(), "data": stream.position,
+            "rng": rngs[0], "rng_ranks": rngs, "replica_digests": digests, "data": stream.position,
             "config": OmegaConf.to_container(cfg, resolve=True),
         }, keep=ck.keep)
 
     finite = torch.ones((), dtype=torch.bool, device=device)  # checked at log/checkpoint steps only
     metrics: dict[str, float] = {}
     values: dict[str, float] = {}
+    final: dict[str, float] = {}
     step = start
     try:
         while step < t.steps:
-            it = gan_iteration(G, D, opt_g, opt_d, lambda: next(stream).to(device, non_blocking=True),
-                               batch_size=t.batch_size, n_dis=t.n_dis, loss=cfg.loss.name,
-                               instance_noise=t.instance_noise)
+            it = gan_iteration(G, D, opt_g, opt_d, next_real, batch_size=t.batch_size // ctx.world_size,
+                               n_dis=t.n_dis, loss=cfg.loss.name, instance_noise=t.instance_noise,
+                               D_update=D_update, G_update=G_update, amp_dtype=amp_dtype)
+            distributed.sync_buffers(D, ctx)
+            distributed.sync_buffers(G, ctx)
             sched_g.step()
             sched_d.step()
             step += 1
@@ -147,35 +206,39 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 ema.update_parameters(G)
             finite &= torch.isfinite(it.loss_d) & torch.isfinite(it.loss_g)
 
-            # --- diagnostics (read-only) and checkpoints -----------------------------------------
+            # --- diagnostics (read-only, rank 0) and checkpoints ---------------------------------
             last = step == t.steps
             if step % lg.every == 0 or last:
-                if not finite:
+                if not distributed.all_true(finite, ctx):
                     raise RunDiverged(f"non-finite loss by step {step} (loss/d={it.loss_d.item()}, "
                                       f"loss/g={it.loss_g.item()}); the last good checkpoint is kept")
-                values = {"loss/d": it.loss_d.item(), "loss/g": it.loss_g.item(),
-                          "D/real": it.real_logits.mean().item(), "D/fake": it.fake_logits.mean().item(),
-                          "grad_norm/d": global_grad_norm(D), "grad_norm/g": global_grad_norm(G),
-                          "lr/d": sched_d.get_last_lr()[0], "lr/g": sched_g.get_last_lr()[0],
-                          "perf/img_per_s": monitor.images_per_second(step, t.batch_size * t.n_dis)}
-                values["lipschitz/grad_norm"] = 0.5 * (input_grad_norm(D, it.real) + input_grad_norm(D, it.fake))
-                values.update(sigma_scalars(D, input_sizes))
-                monitor.scalars(step, values)
-                monitor.progress(step, {k: values[k] for k in ("loss/d", "loss/g", "perf/img_per_s")})
-            if step % lg.eval_every == 0 or last:
+                if monitor is not None:
+                    values = {"loss/d": it.loss_d.item(), "loss/g": it.loss_g.item(),
+                              "D/real": it.real_logits.mean().item(), "D/fake": it.fake_logits.mean().item(),
+                              "grad_norm/d": global_grad_norm(D), "grad_norm/g": global_grad_norm(G),
+                              "lr/d": sched_d.get_last_lr()[0], "lr/g": sched_g.get_last_lr()[0],
+                              "perf/img_per_s": monitor.images_per_second(step, t.batch_size * t.n_dis)}
+                    values["lipschitz/grad_norm"] = 0.5 * (input_grad_norm(D, it.real)
+                                                           + input_grad_norm(D, it.fake))
+                    values.update(sigma_scalars(D, input_sizes))
+                    monitor.scalars(step, values)
+                    monitor.progress(step, {k: values[k] for k in ("loss/d", "loss/g", "perf/img_per_s")})
+            if monitor is not None and (step % lg.eval_every == 0 or last):
                 metrics = monitor.oracle_metrics(sample_G)
                 monitor.scalars(step, metrics)
-            if step % lg.sample_every == 0 or last:
+            if monitor is not None and (step % lg.sample_every == 0 or last):
                 monitor.sample_grid(step, sample_G)
             if step % ck.every == 0 or last:
-                if not finite:
+                if not distributed.all_true(finite, ctx):
                     raise RunDiverged(f"non-finite loss by step {step}; the last good checkpoint is kept")
                 save(step)
         final = {**metrics, **{k: v for k, v in values.items()
                                if k.startswith(("loss/", "sigma/lipschitz", "lipschitz/"))}}
-        monitor.hparams(hparams_of(cfg), final)
+        if monitor is not None:
+            monitor.hparams(hparams_of(cfg), final)
     finally:
-        monitor.close()
+        if monitor is not None:
+            monitor.close()
     return final
 
 
@@ -197,8 +260,10 @@ def main(cfg: DictConfig) -> None:
     except (UserError, RunDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, UserError) else 3)
-
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":
+    distributed.quiet_hydra_on_other_ranks()
     main()
