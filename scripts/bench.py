@@ -10,6 +10,8 @@ sigmas, gradient norms) spread over the default logging interval; images per sec
 "textbook" loop written the naive way (torch.nn.utils.spectral_norm hooks, plain zero_grad, no
 parametrize.cached) with the same models and batch. Peak memory is the peak RSS (CPU) or max
 allocated (GPU) of a separate process per configuration, since a process's peak only grows.
+--amp, --compile and --channels-last apply the trainer's switches of the same names to the
+variants; the textbook loop stays plain float32 eager.
 """
 
 from __future__ import annotations
@@ -62,10 +64,19 @@ def textbook_iteration(G, D, opt_g, opt_d, real, batch: int, n_dis: int) -> None
 def make_runner(args, variant: str, device: torch.device):
     G, D, opt_g, opt_d = build(args, variant, device)
     real = torch.rand(args.batch, 3, args.resolution, args.resolution, device=device) * 2 - 1
-    if variant == TEXTBOOK:
+    if variant == TEXTBOOK:  # always the plain float32 eager loop
         return lambda: textbook_iteration(G, D, opt_g, opt_d, real, args.batch, args.n_dis), (G, D)
+    layer_input_sizes(D, (3, args.resolution, args.resolution), device)  # as the trainer does first
+    if args.channels_last:  # as train.channels_last / train.compile / train.amp do
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+        real = real.contiguous(memory_format=torch.channels_last)
+    if args.compile:
+        G.compile()
+        D.compile()
+    amp_dtype = torch.bfloat16 if args.amp else None
     return (lambda: gan_iteration(G, D, opt_g, opt_d, lambda: real, batch_size=args.batch,
-                                  n_dis=args.n_dis, loss="hinge")), (G, D)
+                                  n_dis=args.n_dis, loss="hinge", amp_dtype=amp_dtype)), (G, D)
 
 
 def sync(device: torch.device) -> None:
@@ -129,6 +140,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed blocks per configuration")
     p.add_argument("--log-every", type=int, default=50, help="logging interval the diagnostics are spread over")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the variants (train.amp)")
+    p.add_argument("--compile", action="store_true", help="torch.compile G and D (train.compile)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC models and batch (train.channels_last)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -19,7 +19,7 @@ import torch
 from sngan import checkpoint
 from sngan.data import build_dataset
 from sngan.errors import UserError
-from sngan.metrics import DEFAULT_FEATURE_EXTRACTOR, fidelity_metrics
+from sngan.metrics import DEFAULT_FEATURE_EXTRACTOR, fidelity_metrics, real_stats_cache_name
 from sngan.monitor import layer_input_sizes, sigma_scalars
 from sngan.sample import generate, parse_args, positive_int
 from sngan.train import restore_models
@@ -50,7 +50,7 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int = 0, device: str = "cpu", d
         images = generate(sample_G, n, seed, device)
         result.update({f"metrics/{k}": v for k, v in oracle.oracle_metrics(images).items()})
     else:
-        cache_name = f"sngan-{cfg.dataset.name}-{res}-{feature_extractor}"
+        cache_name = real_stats_cache_name(cfg.dataset.name, cfg.dataset.get("root", ""), res, feature_extractor)
         result.update({f"metrics/{k}": v for k, v in fidelity_metrics(
             sample_G, dataset, n=n, cache_name=cache_name, cache_root=Path(cache_root), device=dev,
             feature_extractor=feature_extractor, weights=inception_weights or None, seed=seed).items()})

@@ -25,6 +25,7 @@ from sngan.batches import BatchStream
 from sngan.config import check_config, resolve_device
 from sngan.data import build_dataset
 from sngan.errors import RunDiverged, UserError
+from sngan.metrics import check_feature_extractor, fidelity_metrics, real_stats_cache_name
 from sngan.models import build_discriminator, build_generator
 from sngan.monitor import Monitor, global_grad_norm, input_grad_norm, layer_input_sizes, sigma_scalars
 from sngan.spectral import apply_spectral_norm
@@ -85,6 +86,25 @@ def rank_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
 
 
+def real_data_metrics(cfg: DictConfig, dataset, device: torch.device):
+    """G -> FID/IS/KID scalars against `dataset`, or None when periodic evaluation is off. The
+    feature extractor is checked now, so missing weights fail the run at its start."""
+    m = cfg.metrics
+    if not m.during_training:
+        return None
+    check_feature_extractor(m.feature_extractor, m.inception_weights)
+    cache_name = real_stats_cache_name(cfg.dataset.name, cfg.dataset.get("root") or "",
+                                       cfg.dataset.resolution, m.feature_extractor)
+
+    def measure(G) -> dict[str, float]:
+        values = fidelity_metrics(G, dataset, n=cfg.log.n_eval, cache_name=cache_name,
+                                  cache_root=Path(m.cache_root), device=device,
+                                  feature_extractor=m.feature_extractor, weights=m.inception_weights,
+                                  seed=cfg.seed)
+        return {f"metrics/{k}": v for k, v in values.items()}
+    return measure
+
+
 def wrap_for_speed_and_scale(cfg: DictConfig, G, D, device: torch.device, ctx: distributed.Context):
     """Apply train.channels_last / train.compile to G and D in place, and return the modules the
     two updates call: DDP wrappers under data parallelism, else G and D themselves."""
@@ -123,6 +143,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     seed_everything(cfg.seed)
 
     dataset = build_dataset(cfg.dataset)
+    real_metrics = None  # FID/IS/KID on real data; its extractor is checked before any work
+    if ctx.is_main and getattr(dataset, "oracle", None) is None:
+        real_metrics = real_data_metrics(cfg, dataset, device)
     G, D, ema = build_models(cfg, device)
     opt_g, opt_d, sched_g, sched_d = build_optimizers(cfg, G, D)
     stream = BatchStream(dataset, batch_size=cfg.train.batch_size, seed=cfg.seed,
@@ -169,6 +192,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                           seed=cfg.seed, n_eval=lg.n_eval, oracle=getattr(dataset, "oracle", None),
                           enabled_bar=lg.progress)
     sample_G = ema.module if ema is not None else G
+    sample_metrics = real_metrics or (monitor.oracle_metrics if monitor is not None else None)
 
     def save(step: int) -> None:
         # Every rank takes part: its RNG state, and a digest proving the replicas still agree.
@@ -223,8 +247,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                     values.update(sigma_scalars(D, input_sizes))
                     monitor.scalars(step, values)
                     monitor.progress(step, {k: values[k] for k in ("loss/d", "loss/g", "perf/img_per_s")})
-            if monitor is not None and (step % lg.eval_every == 0 or last):
-                metrics = monitor.oracle_metrics(sample_G)
+            if sample_metrics is not None and (step % lg.eval_every == 0 or last):
+                metrics = sample_metrics(sample_G)
                 monitor.scalars(step, metrics)
             if monitor is not None and (step % lg.sample_every == 0 or last):
                 monitor.sample_grid(step, sample_G)

@@ -12,10 +12,11 @@ from conftest import ROOT
 
 
 @pytest.mark.slow
-def test_bench_reports_every_variant_and_the_textbook_loop(tmp_path):
+@pytest.mark.parametrize("switches", [[], ["--amp", "--channels-last"]])
+def test_bench_reports_every_variant_and_the_textbook_loop(tmp_path, switches):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--resolution", "16", "--g-ch", "32",
-           "--d-ch", "8", "--batch", "4", "--steps", "1", "--repeats", "1", "--json", str(out)]
+           "--d-ch", "8", "--batch", "4", "--steps", "1", "--repeats", "1", "--json", str(out), *switches]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
@@ -27,3 +28,4 @@ def test_bench_reports_every_variant_and_the_textbook_loop(tmp_path):
         assert row["img_per_s"] == pytest.approx(4 / row["s_per_iter"])
     assert 0 < result["diagnostics_share_at_log_every"] < 1
     assert "diagnostics:" in proc.stdout
+    assert result["settings"]["amp"] == ("--amp" in switches)

@@ -10,7 +10,8 @@ import torch_fidelity
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from conftest import TINY, TINY_MODEL, compose_config, read_scalars, run_cli
-from fixtures import skip_cifar10_md5, write_cifar10
+from fixtures import skip_cifar10_md5, write_celeba, write_cifar10
+from sngan import checkpoint
 from sngan.evaluate import evaluate
 from sngan.train import train
 
@@ -82,7 +83,8 @@ def test_fid_is_kid_through_torch_fidelity_with_a_stand_in_extractor(tmp_path, m
     run = tmp_path / "run"
     train(compose_config(TINY_MODEL + QUIET + ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}",
                                                "dataset.download=false", "dataset.resolution=32",
-                                               "dataset.num_workers=0", "train.steps=2"]), run)
+                                               "dataset.num_workers=0", "train.steps=2",
+                                               "metrics.during_training=false"]), run)
     cache = tmp_path / "cache"
     result = evaluate(str(run), n=64, feature_extractor="sngan-test-features", cache_root=str(cache))
     for key in ("metrics/fid", "metrics/isc", "metrics/kid"):
@@ -91,6 +93,37 @@ def test_fid_is_kid_through_torch_fidelity_with_a_stand_in_extractor(tmp_path, m
     assert any(cache.rglob("*sngan-cifar10-32-sngan-test-features*"))  # real statistics cached
     again = evaluate(str(run), n=64, feature_extractor="sngan-test-features", cache_root=str(cache))
     assert again["metrics/fid"] == pytest.approx(result["metrics/fid"])
+
+
+def test_periodic_fid_during_training_changes_nothing_about_the_run(tmp_path, monkeypatch):
+    write_cifar10(tmp_path / "cifar", n_per_batch=20)
+    skip_cifar10_md5(monkeypatch)
+    common = TINY_MODEL + ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}", "dataset.download=false",
+                           "dataset.resolution=32", "dataset.num_workers=0", "train.steps=3",
+                           "log.every=1000", "log.sample_every=1000", "log.n_eval=32",
+                           "metrics.feature_extractor=sngan-test-features",
+                           f"metrics.cache_root={tmp_path / 'cache'}"]
+    train(compose_config(common + ["log.eval_every=1"]), tmp_path / "fid")
+    train(compose_config(common + ["metrics.during_training=false"]), tmp_path / "plain")
+    scalars = read_scalars(tmp_path / "fid")
+    for tag in ("metrics/fid", "metrics/isc", "metrics/kid"):
+        assert [step for step, _ in scalars[tag]] == [1, 2, 3], tag
+        assert all(torch.isfinite(torch.tensor(v)) for _, v in scalars[tag])
+    assert "metrics/fid" not in read_scalars(tmp_path / "plain")
+    a, b = (checkpoint.load(tmp_path / run / "checkpoints" / "last.pt") for run in ("fid", "plain"))
+    for part in ("G", "D"):  # evaluating draws nothing from the run's RNG and leaves G in train mode
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
+
+def test_unavailable_inception_weights_stop_a_real_data_run_before_it_starts(tmp_path):
+    write_celeba(tmp_path / "celeba", n=8)
+    proc = run_cli(TINY_MODEL + ["dataset=celeba", f"dataset.root={tmp_path / 'celeba'}", "dataset.resolution=16",
+                                 "dataset.num_workers=0", "train.batch_size=4", "train.steps=2",
+                                 "metrics.inception_weights=/nonexistent/weights.pth",
+                                 f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "metrics.inception_weights=PATH" in proc.stderr and "metrics.during_training=false" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("args,message", [([], "missing ckpt"), (["ckpt=/nonexistent"], "does not exist"),

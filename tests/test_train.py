@@ -154,6 +154,7 @@ def test_trains_on_cifar10_python_batches(tmp_path, monkeypatch):
     write_cifar10(tmp_path / "cifar")
     skip_cifar10_md5(monkeypatch)
     _, run = _train(tmp_path, ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}", "dataset.download=false",
+                               "metrics.during_training=false",
                                "dataset.resolution=32", "dataset.num_workers=0", "train.batch_size=4",
                                "train.steps=2", "log.every=1"] + FAST_LOG, base=TINY_MODEL)
     assert _final_state(run)["step"] == 2
@@ -163,6 +164,7 @@ def test_trains_on_cifar10_python_batches(tmp_path, monkeypatch):
 def test_trains_on_a_celeba_folder_of_jpegs_from_the_cli(tmp_path):
     write_celeba(tmp_path / "celeba", n=8)
     proc = run_cli(TINY_MODEL + ["dataset=celeba", f"dataset.root={tmp_path / 'celeba'}", "dataset.resolution=16",
+                                 "metrics.during_training=false",
                            "dataset.num_workers=0", "train.batch_size=4", "train.steps=2",
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
