@@ -12,6 +12,7 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -54,7 +55,9 @@ def setup(device_type: str) -> Context:
         return Context()
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        # Generous: the other ranks wait while rank 0 alone evaluates (the first FID computes the
+        # real data's statistics) or writes a checkpoint.
+        dist.init_process_group(backend=backend, timeout=timedelta(hours=1))
     return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
