@@ -1,8 +1,9 @@
-"""Train an SNGAN: `python -m sngan.train variant=reshaped [key=value ...]`.
+"""Train an SNGAN: `python -m sngan.train variant=reshaped [key=value ...]`, or under
+`torchrun --nproc_per_node=N -m sngan.train ...` on N processes (sngan/distributed.py).
 
 `main` is a thin Hydra wrapper; `train(cfg, run_dir)` is the loop, readable top to bottom:
 n_dis discriminator steps, one generator step, EMA, then (at their cadences) diagnostics,
-samples, oracle metrics and an atomic checkpoint.
+samples, sample-quality metrics and an atomic checkpoint.
 """
 
 from __future__ import annotations
