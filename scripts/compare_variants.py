@@ -110,7 +110,7 @@ def _plot_samples(path: Path, by_variant: dict) -> None:
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.8), squeeze=False)
     for ax, (variant, sample) in zip(axes.flat, shown):
         if sample is not None:
-            ax.imshow(mpimg.imread(sample))
+            ax.imshow(mpimg.imread(sample), interpolation="nearest")  # crisp pixels, small PNG
         ax.set_title(f"{variant}" + (f"\n{sample.stem}" if sample is not None else ""), fontsize=9)
         ax.axis("off")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
