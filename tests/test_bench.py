@@ -13,7 +13,7 @@ from conftest import ROOT
 
 @pytest.mark.slow
 def test_bench_reports_every_variant_and_the_textbook_loop(tmp_path):
-    switches = ["--amp", "--channels-last"]  # the trainer's switches (off, the same code minus them)
+    switches = ["--amp", "--channels-last"]  # on: covers the plain path plus the switches
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--resolution", "16", "--g-ch", "32",
            "--d-ch", "8", "--batch", "4", "--steps", "1", "--repeats", "1", "--json", str(out), *switches]
