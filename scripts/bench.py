@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from sngan.models import build_discriminator, build_generator
 from sngan.monitor import input_grad_norm, layer_input_sizes, sigma_scalars
 from sngan.spectral import VARIANTS, apply_spectral_norm, normalized_layers
-from sngan.step import gan_iteration
+from sngan.step import apply_speed_switches, gan_iteration
 
 TEXTBOOK = "textbook"
 
@@ -67,13 +67,9 @@ def make_runner(args, variant: str, device: torch.device):
     if variant == TEXTBOOK:  # always the plain float32 eager loop
         return lambda: textbook_iteration(G, D, opt_g, opt_d, real, args.batch, args.n_dis), (G, D)
     layer_input_sizes(D, (3, args.resolution, args.resolution), device)  # as the trainer does first
-    if args.channels_last:  # as train.channels_last / train.compile / train.amp do
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
+    apply_speed_switches(G, D, channels_last=args.channels_last, compile=args.compile)  # as the trainer
+    if args.channels_last:
         real = real.contiguous(memory_format=torch.channels_last)
-    if args.compile:
-        G.compile()
-        D.compile()
     amp_dtype = torch.bfloat16 if args.amp else None
     return (lambda: gan_iteration(G, D, opt_g, opt_d, lambda: real, batch_size=args.batch,
                                   n_dis=args.n_dis, loss="hinge", amp_dtype=amp_dtype)), (G, D)

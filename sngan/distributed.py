@@ -113,7 +113,7 @@ def state_digest(*modules: nn.Module | None) -> str:
 
 
 @torch.no_grad()
-def sync_buffers(module: nn.Module, ctx: Context) -> None:
+def sync_buffers(ctx: Context, *modules: nn.Module) -> None:
     """Copy rank 0's buffers (spectral-norm vectors, BatchNorm statistics) to every rank.
 
     Power iteration is deterministic, so the vectors stay equal on their own when every rank runs
@@ -124,8 +124,9 @@ def sync_buffers(module: nn.Module, ctx: Context) -> None:
     if not ctx.enabled:
         return
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for buffer in module.buffers():
-        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for module in modules:
+        for buffer in module.buffers():
+            by_dtype.setdefault(buffer.dtype, []).append(buffer)
     for buffers in by_dtype.values():  # one collective per dtype, not one per buffer
         flat = torch.cat([b.reshape(-1) for b in buffers])
         dist.broadcast(flat, src=0)

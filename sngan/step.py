@@ -25,6 +25,16 @@ class Iteration(NamedTuple):
     fake: Tensor
 
 
+def apply_speed_switches(G: nn.Module, D: nn.Module, *, channels_last: bool, compile: bool) -> None:
+    """train.channels_last / train.compile, applied to G and D in place (shared with the benchmark)."""
+    if channels_last:
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+    if compile:
+        G.compile()
+        D.compile()
+
+
 @contextmanager
 def normalized_weights_once(D: nn.Module, amp: bool) -> Iterator[None]:
     """Each normalized weight is computed once per update, not once per D call. Under autocast it

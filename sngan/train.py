@@ -30,7 +30,7 @@ from sngan.metrics import check_feature_extractor, fidelity_metrics, real_stats_
 from sngan.models import build_discriminator, build_generator
 from sngan.monitor import Monitor, global_grad_norm, input_grad_norm, layer_input_sizes, sigma_scalars
 from sngan.spectral import apply_spectral_norm
-from sngan.step import gan_iteration
+from sngan.step import apply_speed_switches, gan_iteration
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +109,7 @@ def real_data_metrics(cfg: DictConfig, dataset, device: torch.device):
 def wrap_for_speed_and_scale(cfg: DictConfig, G, D, device: torch.device, ctx: distributed.Context):
     """Apply train.channels_last / train.compile to G and D in place, and return the modules the
     two updates call: DDP wrappers under data parallelism, else G and D themselves."""
-    if cfg.train.channels_last:
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        G.compile()
-        D.compile()
+    apply_speed_switches(G, D, channels_last=cfg.train.channels_last, compile=cfg.train.compile)
     if not ctx.enabled:
         return G, D
     ids = [device.index] if device.type == "cuda" else None
@@ -222,8 +217,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             it = gan_iteration(G, D, opt_g, opt_d, next_real, batch_size=t.batch_size // ctx.world_size,
                                n_dis=t.n_dis, loss=cfg.loss.name, instance_noise=t.instance_noise,
                                D_update=D_update, G_update=G_update, amp_dtype=amp_dtype)
-            distributed.sync_buffers(D, ctx)
-            distributed.sync_buffers(G, ctx)
+            distributed.sync_buffers(ctx, G, D)
             sched_g.step()
             sched_d.step()
             step += 1
