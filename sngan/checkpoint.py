@@ -118,9 +118,16 @@ def locate(target: str | Path) -> Path:
 
 
 def find_resume_checkpoint(resume, run_dir: Path) -> Path | None:
-    """None for a fresh run; else the checkpoint that `resume` (true | run folder | file) names."""
+    """None for a fresh run; else the checkpoint that `resume` names: `true` (this run folder's),
+    `auto` (this run folder's if it holds one, else None: a fresh run), a run folder or a file."""
     if resume is False or resume is None or resume == "false":
         return None
+    if resume == "auto":
+        ckpt_dir = Path(run_dir) / "checkpoints"
+        if (ckpt_dir / LAST).exists():
+            return ckpt_dir / LAST
+        found = snapshots(ckpt_dir) if ckpt_dir.is_dir() else []
+        return found[-1] if found else None  # killed between its first snapshot and last.pt
     target = run_dir if resume is True or resume == "true" else resume
     try:
         return locate(target)

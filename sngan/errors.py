@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class RunDiverged(Exception):
     """Training produced a non-finite loss; the run stops and keeps its last good checkpoint."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step

@@ -134,6 +134,15 @@ class Monitor:
         self._last_time, self._last_step = now, step
         return rate
 
+    def sigma_layout(self) -> None:
+        """TensorBoard CUSTOM SCALARS: every layer's sigma/matrix on one chart, every layer's
+        sigma/operator on another, so a variant's signature shows at a glance."""
+        charts = {"sigma/matrix (all layers)": ["Multiline", [r"sigma/matrix/.*"]],
+                  "sigma/operator (all layers)": ["Multiline", [r"sigma/operator/.*"]],
+                  "Lipschitz": ["Multiline", [r"sigma/lipschitz_bound", r"lipschitz/grad_norm"]],
+                  "health flags": ["Multiline", [r"health/.*(violated|suspected|growing)"]]}
+        self.writer.add_custom_scalars({"signature": charts})
+
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)

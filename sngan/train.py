@@ -26,13 +26,16 @@ from sngan.batches import BatchStream
 from sngan.config import check_config, resolve_device
 from sngan.data import build_dataset
 from sngan.errors import RunDiverged, UserError
+from sngan.health import Health
 from sngan.metrics import check_feature_extractor, fidelity_metrics, real_stats_cache_name
 from sngan.models import build_discriminator, build_generator
 from sngan.monitor import Monitor, global_grad_norm, input_grad_norm, layer_input_sizes, sigma_scalars
 from sngan.spectral import apply_spectral_norm
+from sngan.status import write_status
 from sngan.step import apply_speed_switches, gan_iteration
 
 log = logging.getLogger(__name__)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # absolute: main is also called by import
 
 
 def build_models(cfg: DictConfig, device: torch.device):
@@ -119,6 +122,68 @@ def wrap_for_speed_and_scale(cfg: DictConfig, G, D, device: torch.device, ctx: d
     return DDP(G, device_ids=ids, **no_forward_sync), DDP(D, device_ids=ids, **no_forward_sync)
 
 
+def load_resume_state(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The checkpoint this run continues from (cfg.resume: false | true | auto | a path), checked
+    against the current config, or None for a fresh run. A folder that already holds a run is never
+    started over."""
+    resume_from = checkpoint.find_resume_checkpoint(cfg.resume, run_dir)
+    if resume_from is None:
+        if (run_dir / "checkpoints" / checkpoint.LAST).exists():
+            raise UserError(f"{run_dir} already holds a run: pass resume=true to continue it, "
+                            "or choose another hydra.run.dir")
+        return None
+    state, resume_from = checkpoint.load_for_resume(resume_from, warn=log.warning)
+    changed = checkpoint.config_differences(state["config"], OmegaConf.to_container(cfg, resolve=True))
+    if changed:
+        raise UserError(f"cannot resume {resume_from}: these settings differ from the saved run: "
+                        f"{', '.join(changed)} (only {', '.join(checkpoint.RESUMABLE_CHANGES)} may change)")
+    state["resumed_from"] = resume_from
+    return state
+
+
+def restore_training_state(state: dict, cfg: DictConfig, ctx: distributed.Context, G, D, ema,
+                           optimizers: tuple, stream: BatchStream, health: Health) -> int:
+    """Load models, optimizers, schedulers, data position, RNG and health state; return the step."""
+    G.load_state_dict(state["G"])
+    D.load_state_dict(state["D"])
+    if ema is not None:
+        ema.load_state_dict(state["G_ema"])
+    for obj, key in zip(optimizers, ("opt_g", "opt_d", "sched_g", "sched_d")):
+        obj.load_state_dict(state[key])
+    stream.restore(state["data"])
+    health.load_state_dict(state.get("health") or {})  # checkpoints older than the health checks
+    start = state["step"]
+    rngs = state.get("rng_ranks") or [state["rng"]]
+    if ctx.rank < len(rngs):  # the same world size resumes exactly
+        checkpoint.set_rng_state(rngs[ctx.rank])
+    else:  # more ranks than the saved run had: a fresh stream for this rank
+        seed_everything(rank_seed(cfg.seed, ctx.rank, start))
+    log.info("resumed from %s at step %d", state["resumed_from"], start)
+    return start
+
+
+def diagnostics(it, G, D, scheds: tuple, monitor: Monitor, input_sizes: dict, step: int,
+                images_per_step: int) -> dict[str, float]:
+    """The scalars logged every `log.every` steps (read-only: see sngan/monitor.py)."""
+    sched_g, sched_d = scheds
+    values = {"loss/d": it.loss_d.item(), "loss/g": it.loss_g.item(),
+              "D/real": it.real_logits.mean().item(), "D/fake": it.fake_logits.mean().item(),
+              "grad_norm/d": global_grad_norm(D), "grad_norm/g": global_grad_norm(G),
+              "lr/d": sched_d.get_last_lr()[0], "lr/g": sched_g.get_last_lr()[0],
+              "perf/img_per_s": monitor.images_per_second(step, images_per_step)}
+    values["lipschitz/grad_norm"] = 0.5 * (input_grad_norm(D, it.real) + input_grad_norm(D, it.fake))
+    values.update(sigma_scalars(D, input_sizes))
+    return values
+
+
+def check_health(health: Health, monitor: Monitor, step: int, values: dict[str, float]) -> None:
+    """Run the health rules on one reading: health/* scalars, and WARNING lines in train.log."""
+    scalars, warnings = health.check(step, values)
+    monitor.scalars(step, scalars)
+    for line in warnings:
+        log.warning(line)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Run (or resume) one training run in `run_dir`; return the final logged metrics.
 
@@ -135,7 +200,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                         f"evenly over the {ctx.world_size} ranks")
     torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark)
     run_dir = Path(distributed.broadcast_object(str(run_dir), ctx))
-    resume_from = checkpoint.find_resume_checkpoint(cfg.resume, run_dir)
+    saved = load_resume_state(cfg, run_dir)
+    if saved is not None and saved["step"] >= cfg.train.steps:
+        log.info("%s is complete (step %d of train.steps=%d): nothing to do", run_dir, saved["step"],
+                 cfg.train.steps)
+        return {}
     seed_everything(cfg.seed)
 
     dataset = build_dataset(cfg.dataset)
@@ -151,31 +220,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     input_sizes = layer_input_sizes(D, tuple(dataset[0].shape), device)
     if ctx.rank > 0:  # every rank draws its own noise; rank 0 draws what a single process would
         seed_everything(rank_seed(cfg.seed, ctx.rank))
-
+    log.info("run %s: variant=%s seed=%d, %d steps on %s (%d threads)", run_dir, cfg.variant.name, cfg.seed,
+             cfg.train.steps, device, torch.get_num_threads())
+    health = Health(cfg.variant.name)
     start = 0
-    if resume_from is not None:
-        state, resume_from = checkpoint.load_for_resume(resume_from, warn=log.warning)
-        changed = checkpoint.config_differences(state["config"], OmegaConf.to_container(cfg, resolve=True))
-        if changed:
-            raise UserError(f"cannot resume {resume_from}: these settings differ from the saved run: "
-                            f"{', '.join(changed)} (only {', '.join(checkpoint.RESUMABLE_CHANGES)} may change)")
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        if ema is not None:
-            ema.load_state_dict(state["G_ema"])
-        for obj, key in ((opt_g, "opt_g"), (opt_d, "opt_d"), (sched_g, "sched_g"), (sched_d, "sched_d")):
-            obj.load_state_dict(state[key])
-        stream.restore(state["data"])
-        start = state["step"]
-        rngs = state.get("rng_ranks") or [state["rng"]]
-        if ctx.rank < len(rngs):  # the same world size resumes exactly
-            checkpoint.set_rng_state(rngs[ctx.rank])
-        else:  # more ranks than the saved run had: a fresh stream for this rank
-            seed_everything(rank_seed(cfg.seed, ctx.rank, start))
-        log.info("resumed from %s at step %d", resume_from, start)
-    elif (run_dir / "checkpoints" / checkpoint.LAST).exists():
-        raise UserError(f"{run_dir} already holds a run: pass resume=true to continue it, "
-                        "or choose another hydra.run.dir")
+    if saved is not None:
+        start = restore_training_state(saved, cfg, ctx, G, D, ema, (opt_g, opt_d, sched_g, sched_d),
+                                       stream, health)
 
     G_update, D_update = wrap_for_speed_and_scale(cfg, G, D, device, ctx)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
@@ -187,6 +238,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         monitor = Monitor(run_dir, total_steps=t.steps, start_step=start, z_dim=G.z_dim, device=device,
                           seed=cfg.seed, n_eval=lg.n_eval, oracle=getattr(dataset, "oracle", None),
                           enabled_bar=lg.progress)
+        monitor.sigma_layout()
     sample_G = ema.module if ema is not None else G
     sample_metrics = real_metrics or (monitor.oracle_metrics if monitor is not None else None)
 
@@ -204,8 +256,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
             "rng": rngs[0], "rng_ranks": rngs, "replica_digests": digests, "data": stream.position,
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "health": health.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
         }, keep=ck.keep)
+
+    def check_finite(step: int, it) -> None:
+        if not distributed.all_true(finite, ctx):
+            raise RunDiverged(f"non-finite loss by step {step} (loss/d={it.loss_d.item()}, "
+                              f"loss/g={it.loss_g.item()}); the last good checkpoint is kept", step=step)
 
     finite = torch.ones((), dtype=torch.bool, device=device)  # checked at log/checkpoint steps only
     metrics: dict[str, float] = {}
@@ -225,39 +282,35 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 ema.update_parameters(G)
             finite &= torch.isfinite(it.loss_d) & torch.isfinite(it.loss_g)
 
-            # --- diagnostics (read-only, rank 0) and checkpoints ---------------------------------
+            # --- diagnostics (read-only, rank 0), health checks and checkpoints ------------------
             last = step == t.steps
             if step % lg.every == 0 or last:
-                if not distributed.all_true(finite, ctx):
-                    raise RunDiverged(f"non-finite loss by step {step} (loss/d={it.loss_d.item()}, "
-                                      f"loss/g={it.loss_g.item()}); the last good checkpoint is kept")
+                check_finite(step, it)
                 if monitor is not None:
-                    values = {"loss/d": it.loss_d.item(), "loss/g": it.loss_g.item(),
-                              "D/real": it.real_logits.mean().item(), "D/fake": it.fake_logits.mean().item(),
-                              "grad_norm/d": global_grad_norm(D), "grad_norm/g": global_grad_norm(G),
-                              "lr/d": sched_d.get_last_lr()[0], "lr/g": sched_g.get_last_lr()[0],
-                              "perf/img_per_s": monitor.images_per_second(step, t.batch_size * t.n_dis)}
-                    values["lipschitz/grad_norm"] = 0.5 * (input_grad_norm(D, it.real)
-                                                           + input_grad_norm(D, it.fake))
-                    values.update(sigma_scalars(D, input_sizes))
+                    values = diagnostics(it, G, D, (sched_g, sched_d), monitor, input_sizes, step,
+                                         t.batch_size * t.n_dis)
                     monitor.scalars(step, values)
+                    check_health(health, monitor, step, values)
                     monitor.progress(step, {k: values[k] for k in ("loss/d", "loss/g", "perf/img_per_s")})
             if sample_metrics is not None and (step % lg.eval_every == 0 or last):
                 metrics = sample_metrics(sample_G)
                 monitor.scalars(step, metrics)
+                check_health(health, monitor, step, metrics)
             if monitor is not None and (step % lg.sample_every == 0 or last):
                 monitor.sample_grid(step, sample_G)
             if step % ck.every == 0 or last:
-                if not distributed.all_true(finite, ctx):
-                    raise RunDiverged(f"non-finite loss by step {step}; the last good checkpoint is kept")
+                check_finite(step, it)
                 save(step)
         final = {**metrics, **{k: v for k, v in values.items()
                                if k.startswith(("loss/", "sigma/lipschitz", "lipschitz/"))}}
         if monitor is not None:
             monitor.hparams(hparams_of(cfg), final)
+            log.info(health.summary())
     finally:
         if monitor is not None:
             monitor.close()
+    if ctx.is_main:
+        write_status(run_dir, "ok", step=step, first_warning_step=health.first_violation)
     return final
 
 
@@ -269,20 +322,42 @@ def hparams_of(cfg: DictConfig) -> dict:
             "batch_size": cfg.train.batch_size}
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="train")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    # In a sweep one job's end must not end the sweep (sys.exit would), and a job has no exit code:
+    # every outcome goes to the job's status.json and the console instead.
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         train(cfg, run_dir)
-    except (UserError, RunDiverged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, UserError) else 3)
+    except UserError as e:
+        if not in_sweep:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        log.error("error: %s", e)
+        write_status(run_dir, "failed", reason=str(e))
+    except RunDiverged as e:
+        write_status(run_dir, "diverged", step=e.step, reason=str(e))
+        if not in_sweep:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(3)
+        log.error("error: %s", e)
+    except Exception as e:
+        if not in_sweep:
+            raise
+        log.exception("failed with an unexpected error")
+        write_status(run_dir, "failed", reason=f"{type(e).__name__}: {e}")
     finally:
         distributed.shutdown()
 
 
 if __name__ == "__main__":
     distributed.quiet_hydra_on_other_ranks()
-    main()
+    # Call main through the importable module, not this __main__ copy: a parallel sweep launcher
+    # (hydra/launcher=joblib) sends the task function to its workers by reference.
+    from sngan.train import main as importable_main
+    importable_main()

@@ -1,0 +1,182 @@
+"""Live health checks: turn the logged diagnostics into WARNING lines and `health/*` scalars.
+
+Read-only, like every diagnostic: the rules see only numbers the monitor already measured.
+
+Rules and their thresholds (the numbers are module constants, so tests and docs quote them):
+
+* Normalization violated. A variant that claims to normalize holds a per-layer sigma at 1:
+  `naive`, `reshaped` and `builtin` the reshaped kernel's (`sigma/matrix/<layer>`), `operator` the
+  convolution's (`sigma/operator/<layer>`). One power step per update lags the weights, so a
+  correct variant reads a little above 1 at high learning rates (measured: `reshaped` up to 1.16
+  at lr 1e-3 over 1500 steps, up to about 1.25 early in runs on other machines), while the naive
+  recipe starts far above (conv1 1.60 at the first reading of a 20-step run). A layer whose sigma
+  exceeds SIGMA_LIMIT (1.35) at a reading warns at once, whatever `log.every` is; the same layer
+  warns again only after it grows by SIGMA_WORSE (x1.25) over the value it last warned at.
+* Collapse suspected. On sample quality (`metrics/clean_rate` of the embedded data's oracle,
+  higher is better; `metrics/fid` on real data, lower is better): the quality ratio is
+  current / best (clean_rate) or best / current (FID). Collapse when the run's best clean_rate
+  reached CLEAN_RATE_FLOOR (0.1) and the ratio falls below COLLAPSE_RATIO (0.3); for FID when the
+  ratio falls below FID_COLLAPSE_RATIO (0.5: FID more than twice its best). One warning per
+  episode; a recovery above the ratio is logged as such.
+* Lipschitz growing. `sigma/lipschitz_bound` (product of the layers' operator norms) and
+  `lipschitz/grad_norm`, each against the smallest value the run has logged: a warning when the
+  bound is at its running maximum and at least LIPSCHITZ_GROWTH (10x) its minimum, and again at
+  every further 10x. The gradient norm's growth is logged beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+SIGMA_LIMIT = 1.35
+SIGMA_WORSE = 1.25
+CLEAN_RATE_FLOOR = 0.1
+COLLAPSE_RATIO = 0.3
+FID_COLLAPSE_RATIO = 0.5
+LIPSCHITZ_GROWTH = 10.0
+
+# Which logged sigma each variant claims to hold at 1.
+CLAIMED_SIGMA = {"naive": "sigma/matrix/", "reshaped": "sigma/matrix/", "builtin": "sigma/matrix/",
+                 "operator": "sigma/operator/"}
+
+
+@dataclass
+class Health:
+    """The health rules for one run. `check` takes one reading of logged scalars and returns the
+    `health/*` scalars for it plus the warning lines to log; `state_dict` travels in checkpoints so
+    that a resumed run neither repeats its warnings nor forgets its best quality."""
+
+    variant: str
+    warned_sigma: dict[str, float] = field(default_factory=dict)   # layer -> sigma it last warned at
+    first_violation: int | None = None                              # step of the first sigma warning
+    worst_sigma: tuple[float, str, int] = (0.0, "", 0)               # (sigma, layer, step)
+    best_quality: tuple[float, int] | None = None                    # (clean_rate or FID, step)
+    collapsed_at: int | None = None                                  # step the current episode began
+    collapses: list[int] = field(default_factory=list)               # steps of every episode's start
+    lipschitz_min: float | None = None
+    lipschitz_max: float = 0.0
+    lipschitz_warned: float = 0.0                                    # growth it last warned at
+    grad_norm_min: float | None = None
+
+    def check(self, step: int, values: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+        scalars: dict[str, float] = {}
+        warnings: list[str] = []
+        self._normalization(step, values, scalars, warnings)
+        self._collapse(step, values, scalars, warnings)
+        self._lipschitz(step, values, scalars, warnings)
+        return scalars, warnings
+
+    # --- the three rules ------------------------------------------------------------------------
+
+    def _normalization(self, step, values, scalars, warnings) -> None:
+        prefix = CLAIMED_SIGMA.get(self.variant)
+        if prefix is None:
+            return
+        sigmas = {tag[len(prefix):]: v for tag, v in values.items() if tag.startswith(prefix)}
+        if not sigmas:
+            return
+        layer, worst = max(sigmas.items(), key=lambda kv: kv[1])
+        violated = [name for name, s in sigmas.items() if not s <= SIGMA_LIMIT]  # NaN violates
+        scalars["health/max_claimed_sigma"] = worst
+        scalars["health/normalization_violated"] = float(bool(violated))
+        if not worst <= self.worst_sigma[0]:
+            self.worst_sigma = (worst, layer, step)
+        kind = "operator norm" if prefix == "sigma/operator/" else "reshaped-kernel sigma"
+        for name in sorted(violated, key=lambda n: -sigmas[n]):
+            last = self.warned_sigma.get(name)
+            if last is not None and sigmas[name] <= last * SIGMA_WORSE:
+                continue
+            self.warned_sigma[name] = sigmas[name]
+            if self.first_violation is None:
+                self.first_violation = step
+            again = f" (was {last:.2f} at its last warning)" if last is not None else ""
+            warnings.append(
+                f"step {step}: normalization violated: {name}'s {kind} is {sigmas[name]:.2f}{again}, above "
+                f"{SIGMA_LIMIT} where variant={self.variant} promises 1: this layer is not normalized, "
+                "so D is not held to the Lipschitz bound spectral normalization is meant to give")
+
+    def _collapse(self, step, values, scalars, warnings) -> None:
+        if "metrics/clean_rate" in values:
+            current, higher_better, name = values["metrics/clean_rate"], True, "clean_rate"
+        elif "metrics/fid" in values:
+            current, higher_better, name = values["metrics/fid"], False, "FID"
+        else:
+            return
+        if not math.isfinite(current):
+            return
+        best = self.best_quality
+        if best is None or (current > best[0] if higher_better else current < best[0]):
+            self.best_quality = best = (current, step)
+        if higher_better:
+            ratio = current / best[0] if best[0] > 0 else 1.0
+            collapsed = best[0] >= CLEAN_RATE_FLOOR and ratio < COLLAPSE_RATIO
+        else:
+            ratio = best[0] / current if current > 0 else 1.0
+            collapsed = ratio < FID_COLLAPSE_RATIO
+        scalars["health/quality_vs_best"] = ratio
+        scalars["health/collapse_suspected"] = float(collapsed)
+        if collapsed and self.collapsed_at is None:
+            self.collapsed_at = step
+            self.collapses.append(step)
+            warnings.append(f"step {step}: collapse suspected: {name} {current:.3g} against the run's best "
+                            f"{best[0]:.3g} at step {best[1]}: G has lost most of what it had learned")
+        elif not collapsed and self.collapsed_at is not None:
+            self.collapsed_at = None
+            warnings.append(f"step {step}: recovered from the collapse: {name} back to {current:.3g} "
+                            f"(best {best[0]:.3g})")
+
+    def _lipschitz(self, step, values, scalars, warnings) -> None:
+        bound, grad = values.get("sigma/lipschitz_bound"), values.get("lipschitz/grad_norm")
+        if grad is not None and grad > 0 and math.isfinite(grad):
+            self.grad_norm_min = grad if self.grad_norm_min is None else min(self.grad_norm_min, grad)
+            scalars["health/grad_norm_growth"] = grad / self.grad_norm_min
+        if bound is None or not (bound > 0 and math.isfinite(bound)):
+            return
+        self.lipschitz_min = bound if self.lipschitz_min is None else min(self.lipschitz_min, bound)
+        rising = bound >= self.lipschitz_max
+        self.lipschitz_max = max(self.lipschitz_max, bound)
+        growth = bound / self.lipschitz_min
+        growing = rising and growth >= LIPSCHITZ_GROWTH
+        scalars["health/lipschitz_growth"] = growth
+        scalars["health/lipschitz_growing"] = float(growing)
+        if growing and growth >= max(LIPSCHITZ_GROWTH, self.lipschitz_warned * LIPSCHITZ_GROWTH):
+            self.lipschitz_warned = growth
+            grad_part = (f", lipschitz/grad_norm {grad:.3g} ({grad / self.grad_norm_min:.1f}x its minimum)"
+                         if grad is not None and self.grad_norm_min else "")
+            warnings.append(f"step {step}: Lipschitz bound growing: sigma/lipschitz_bound {bound:.3g} is "
+                            f"{growth:.0f}x the run's smallest ({self.lipschitz_min:.3g}) and still rising"
+                            f"{grad_part}: nothing holds D's Lipschitz constant")
+
+    # --- summary and persistence ----------------------------------------------------------------
+
+    def summary(self) -> str:
+        """One line: what the run's health checks found."""
+        parts = []
+        if self.variant in CLAIMED_SIGMA:
+            sigma, layer, step = self.worst_sigma
+            if self.warned_sigma:
+                parts.append(f"normalization violated from step {self.first_violation} in "
+                             f"{len(self.warned_sigma)} layer(s), worst {layer} {sigma:.2f} at step {step}")
+            else:
+                parts.append(f"normalization held (largest claimed sigma {sigma:.2f}, limit {SIGMA_LIMIT})")
+        if self.collapses:
+            now = "still collapsed" if self.collapsed_at is not None else "recovered"
+            parts.append(f"collapse suspected at step(s) {', '.join(map(str, self.collapses))} ({now}; "
+                         f"best {self.best_quality[0]:.3g} at step {self.best_quality[1]})")
+        elif self.best_quality is not None:
+            parts.append(f"no collapse (best {self.best_quality[0]:.3g} at step {self.best_quality[1]})")
+        if self.lipschitz_min is not None:
+            growth = self.lipschitz_max / self.lipschitz_min
+            parts.append(f"Lipschitz bound {'growing' if self.lipschitz_warned else 'bounded'} "
+                         f"(max {self.lipschitz_max:.3g}, {growth:.1f}x its minimum)")
+        return "health: " + ("; ".join(parts) if parts else "nothing measured")
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "variant"}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            if hasattr(self, key):
+                setattr(self, key, tuple(value) if isinstance(value, list) and key in ("worst_sigma", "best_quality")
+                        else value)
