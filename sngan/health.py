@@ -7,11 +7,16 @@ Rules and their thresholds (the numbers are module constants, so tests and docs 
 * Normalization violated. A variant that claims to normalize holds a per-layer sigma at 1:
   `naive`, `reshaped` and `builtin` the reshaped kernel's (`sigma/matrix/<layer>`), `operator` the
   convolution's (`sigma/operator/<layer>`). One power step per update lags the weights, so a
-  correct variant reads a little above 1 at high learning rates (measured: `reshaped` up to 1.16
-  at lr 1e-3 over 1500 steps, up to about 1.25 early in runs on other machines), while the naive
-  recipe starts far above (conv1 1.60 at the first reading of a 20-step run). A layer whose sigma
-  exceeds SIGMA_LIMIT (1.35) at a reading warns at once, whatever `log.every` is; the same layer
-  warns again only after it grows by SIGMA_WORSE (x1.25) over the value it last warned at.
+  correct variant reads above 1 now and then, in one layer at a time and for one reading (measured
+  on the embedded default, log.every=1: single readings up to 1.36 for `reshaped` and 1.57 for
+  `operator`, mostly in the first steps); the naive recipe's excess is in every layer and never
+  goes away (from its first reading: conv1 1.39-1.61, the other convs 1.17-1.45). So D's
+  normalization counts as violated at a reading when the geometric mean of the claimed sigmas
+  over its layers (the per-layer share of the product SN promises to hold at 1) exceeds GM_LIMIT
+  (1.2; correct variants measured at most 1.19, at their first step, the naive recipe at least
+  1.23), or when one layer exceeds SIGMA_LIMIT (1.35) at two readings in a row. Each layer above
+  GM_LIMIT then warns, once; it warns again only after growing by SIGMA_WORSE (x1.25) over the
+  value it last warned at.
 * Collapse suspected. On sample quality (`metrics/clean_rate` of the embedded data's oracle,
   higher is better; `metrics/fid` on real data, lower is better): the quality ratio is
   current / best (clean_rate) or best / current (FID). Collapse when the run's best clean_rate
@@ -29,6 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+GM_LIMIT = 1.2
 SIGMA_LIMIT = 1.35
 SIGMA_WORSE = 1.25
 CLEAN_RATE_FLOOR = 0.1
@@ -50,6 +56,7 @@ class Health:
     variant: str
     warned_sigma: dict[str, float] = field(default_factory=dict)   # layer -> sigma it last warned at
     first_violation: int | None = None                              # step of the first sigma warning
+    previous_sigma: dict[str, float] = field(default_factory=dict)   # layer -> sigma at the last reading
     worst_sigma: tuple[float, str, int] = (0.0, "", 0)               # (sigma, layer, step)
     best_quality: tuple[float, int] | None = None                    # (clean_rate or FID, step)
     collapsed_at: int | None = None                                  # step the current episode began
@@ -77,13 +84,23 @@ class Health:
         if not sigmas:
             return
         layer, worst = max(sigmas.items(), key=lambda kv: kv[1])
-        violated = [name for name, s in sigmas.items() if not s <= SIGMA_LIMIT]  # NaN violates
-        scalars["health/max_claimed_sigma"] = worst
-        scalars["health/normalization_violated"] = float(bool(violated))
+        positive = [max(s, 1e-12) for s in sigmas.values()]
+        geo_mean = math.exp(sum(map(math.log, positive)) / len(positive))
+        persistent = [name for name, s in sigmas.items()
+                      if not s <= SIGMA_LIMIT and not self.previous_sigma.get(name, 0.0) <= SIGMA_LIMIT]
+        self.previous_sigma = dict(sigmas)
+        violated = not geo_mean <= GM_LIMIT or bool(persistent)  # NaN violates
+        scalars["health/claimed_sigma_max"] = worst
+        scalars["health/claimed_sigma_geo_mean"] = geo_mean
+        scalars["health/normalization_violated"] = float(violated)
         if not worst <= self.worst_sigma[0]:
             self.worst_sigma = (worst, layer, step)
+        if not violated:
+            return
         kind = "operator norm" if prefix == "sigma/operator/" else "reshaped-kernel sigma"
-        for name in sorted(violated, key=lambda n: -sigmas[n]):
+        offending = sorted((n for n, s in sigmas.items() if not s <= GM_LIMIT or n in persistent),
+                           key=lambda n: -sigmas[n])
+        for name in offending:
             last = self.warned_sigma.get(name)
             if last is not None and sigmas[name] <= last * SIGMA_WORSE:
                 continue
@@ -92,9 +109,9 @@ class Health:
                 self.first_violation = step
             again = f" (was {last:.2f} at its last warning)" if last is not None else ""
             warnings.append(
-                f"step {step}: normalization violated: {name}'s {kind} is {sigmas[name]:.2f}{again}, above "
-                f"{SIGMA_LIMIT} where variant={self.variant} promises 1: this layer is not normalized, "
-                "so D is not held to the Lipschitz bound spectral normalization is meant to give")
+                f"step {step}: normalization violated: {name}'s {kind} is {sigmas[name]:.2f}{again} where "
+                f"variant={self.variant} promises 1 (geometric mean over D's layers {geo_mean:.2f}, limit "
+                f"{GM_LIMIT}): D is not held to the Lipschitz bound spectral normalization is meant to give")
 
     def _collapse(self, step, values, scalars, warnings) -> None:
         if "metrics/clean_rate" in values:
@@ -159,7 +176,7 @@ class Health:
                 parts.append(f"normalization violated from step {self.first_violation} in "
                              f"{len(self.warned_sigma)} layer(s), worst {layer} {sigma:.2f} at step {step}")
             else:
-                parts.append(f"normalization held (largest claimed sigma {sigma:.2f}, limit {SIGMA_LIMIT})")
+                parts.append(f"normalization held (largest claimed sigma {sigma:.2f} at step {step})")
         if self.collapses:
             now = "still collapsed" if self.collapsed_at is not None else "recovered"
             parts.append(f"collapse suspected at step(s) {', '.join(map(str, self.collapses))} ({now}; "

@@ -1,34 +1,166 @@
-"""scripts/compare_variants.py trains a small study and writes its report."""
+"""scripts/compare_variants.py on a fabricated sweep folder: every number checked by hand."""
 
 from __future__ import annotations
 
+import csv
+import itertools
+import json
+import math
 import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
 
-from conftest import ROOT, TINY
+from conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "compare_variants.py"
+STEPS = [100, 200, 300, 400, 500]
+# clean_rate every 100 steps. naive: three of four collapse (best >= 0.1, later < 0.3 x best);
+# reshaped: none does (seed 3 never reaches 0.1, so its drop is no collapse).
+CURVES = {
+    ("naive", 0): [0.10, 0.40, 0.05, 0.00, 0.20],   # collapses at 300 (0.05 < 0.12), recovers
+    ("naive", 1): [0.20, 0.30, 0.50, 0.10, 0.00],   # at 400 (0.10 < 0.15)
+    ("naive", 2): [0.30, 0.05, 0.00, 0.00, 0.01],   # at 200
+    ("naive", 3): [0.05, 0.15, 0.25, 0.35, 0.45],   # never
+    ("reshaped", 0): [0.05, 0.10, 0.20, 0.30, 0.36],
+    ("reshaped", 1): [0.10, 0.20, 0.25, 0.20, 0.31],
+    ("reshaped", 2): [0.00, 0.12, 0.22, 0.33, 0.41],
+    ("reshaped", 3): [0.00, 0.05, 0.09, 0.02, 0.03],
+}
+MODES = {("naive", 0): 3, ("naive", 1): 0, ("naive", 2): 1, ("naive", 3): 6,
+         ("reshaped", 0): 7, ("reshaped", 1): 5, ("reshaped", 2): 8, ("reshaped", 3): 2}
+NAIVE_SIGMA, RESHAPED_SIGMA = [1.5, 1.3, 1.0], [1.05, 1.02, 1.0]  # conv1, conv2, fc
 
 
-@pytest.mark.slow
-def test_compare_variants_report(tmp_path):
-    out = tmp_path / "report"
-    cmd = [sys.executable, str(ROOT / "scripts" / "compare_variants.py"), "--out", str(out),
-           "--variants", "naive,reshaped", "--seeds", "0,1", *TINY, "train.steps=4", "log.every=2",
-           "log.eval_every=2", "log.sample_every=4", "ckpt.every=4"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+def _fabricate_run(folder, variant, seed, clean, modes, *, status=None, steps=500):
+    folder.mkdir(parents=True)
+    (folder / ".hydra").mkdir()
+    cfg = {"variant": {"name": variant}, "seed": seed, "train": {"steps": steps, "n_dis": 5},
+           "optim": {"lr": 1e-3, "beta1": 0.5, "beta2": 0.999}}
+    OmegaConf.save(OmegaConf.create(cfg), folder / ".hydra" / "config.yaml")
+    sigma = NAIVE_SIGMA if variant == "naive" else RESHAPED_SIGMA
+    writer = SummaryWriter(str(folder))
+    for step, value in zip(STEPS, clean):
+        for layer, s in zip(("conv1", "conv2", "fc"), sigma):
+            writer.add_scalar(f"sigma/matrix/{layer}", s, step)
+        writer.add_scalar("sigma/lipschitz_bound", 10.0 * sigma[0], step)
+        writer.add_scalar("metrics/clean_rate", value, step)
+        writer.add_scalar("metrics/modes_covered", modes if step == STEPS[-1] else 1, step)
+        writer.add_scalar("metrics/kl_uniform", 3.0, step)
+    writer.close()
+    if status is not None:
+        (folder / "status.json").write_text(json.dumps(status))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "sweep"
+    for (variant, seed), clean in CURVES.items():
+        _fabricate_run(root / f"seed={seed},variant={variant}", variant, seed, clean, MODES[(variant, seed)],
+                       status={"status": "ok", "step": 500})
+    # a run stopped by a bad value (no scalars), and one killed halfway (no status.json)
+    _fabricate_run(root / "seed=9,variant=naive", "naive", 9, [], 0,
+                   status={"status": "failed", "reason": "train.steps must be a positive integer, got -1"})
+    _fabricate_run(root / "seed=8,variant=reshaped", "reshaped", 8, [0.1, 0.2], 1)
+    return root
+
+
+def wilson_by_hand(k, n, z=1.959963984540054):
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def fisher_by_hand(a, b, c, d):
+    """Two-sided: the probabilities of every table with the same margins that are <= the observed one."""
+    n1, n2, k = a + b, c + d, a + c
+    prob = lambda x: math.comb(n1, x) * math.comb(n2, k - x) / math.comb(n1 + n2, k)
+    observed = prob(a)
+    return sum(prob(x) for x in range(max(0, k - n2), min(k, n1) + 1) if prob(x) <= observed * (1 + 1e-7))
+
+
+def mann_whitney_by_hand(x, y):
+    """Exact two-sided p (no ties): U of every split of the pooled values into groups of len(x), len(y)."""
+    u = lambda xs, ys: sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in xs for b in ys)
+    observed = u(x, y)
+    pooled = list(x) + list(y)
+    us = [u([pooled[i] for i in idx], [pooled[i] for i in range(len(pooled)) if i not in idx])
+          for idx in itertools.combinations(range(len(pooled)), len(x))]
+    low = sum(v <= observed for v in us) / len(us)
+    high = sum(v >= observed for v in us) / len(us)
+    return min(1.0, 2 * min(low, high))
+
+
+def _report(*args):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_runs_csv_and_report_match_hand_computed_statistics(sweep, tmp_path):
+    out = tmp_path / "report"
+    proc = _report("--collect", sweep, "--out", out)
+    assert "failed run" in proc.stderr and "got -1" in proc.stderr  # the reason reaches the console
+    with open(out / "runs.csv") as f:
+        rows = {(r["variant"], int(r["seed"])): r for r in csv.DictReader(f)}
+    expected_collapse = {("naive", 0): "300", ("naive", 1): "400", ("naive", 2): "200", ("naive", 3): "",
+                         ("reshaped", 0): "", ("reshaped", 1): "", ("reshaped", 2): "", ("reshaped", 3): ""}
+    for key, step in expected_collapse.items():
+        row = rows[key]
+        assert row["collapse_step"] == step and row["collapsed"] == str(bool(step)), key
+        assert row["status"] == "ok" and row["steps"] == "500"
+        assert float(row["best_clean_rate"]) == pytest.approx(max(CURVES[key]))
+        assert int(row["best_step"]) == STEPS[CURVES[key].index(max(CURVES[key]))]
+        assert float(row["final_clean_rate"]) == pytest.approx(CURVES[key][-1])
+        assert float(row["final_modes_covered"]) == MODES[key]
+        # naive's geometric-mean sigma (1.5*1.3*1)^(1/3) = 1.25 > 1.2 warns at the first reading
+        assert row["first_warning_step"] == ("100" if key[0] == "naive" else "")
+        assert float(row["max_sigma_matrix"]) == pytest.approx(1.5 if key[0] == "naive" else 1.05)
+    assert rows[("naive", 9)]["status"] == "failed" and "got -1" in rows[("naive", 9)]["reason"]
+    assert rows[("reshaped", 8)]["status"] == "incomplete" and rows[("reshaped", 8)]["last_step"] == "200"
+
     text = (out / "report.md").read_text()
-    rows = [line for line in text.splitlines() if line.startswith(("| naive", "| reshaped"))]
-    assert len(rows) == 2 and all("| 2 | 0 |" in row for row in rows)  # 2 runs each, none diverged
-    assert "±" in rows[0]  # mean ± std over the two seeds
-    for name in ("sigma_matrix", "sigma_operator", "lipschitz", "losses", "metrics", "samples"):
+    lo, hi = wilson_by_hand(3, 4)
+    assert f"| 3 / 4 | 0.75 [{lo:.2f}, {hi:.2f}] |" in text
+    lo, hi = wilson_by_hand(0, 4)
+    assert f"| 0 / 4 | 0.00 [{lo:.2f}, {hi:.2f}] |" in text
+    naive_final = [CURVES[("naive", s)][-1] for s in range(4)]
+    reshaped_final = [CURVES[("reshaped", s)][-1] for s in range(4)]
+    p_fisher = fisher_by_hand(3, 1, 0, 4)
+    p_clean = mann_whitney_by_hand(naive_final, reshaped_final)
+    p_modes = mann_whitney_by_hand([MODES[("naive", s)] for s in range(4)], [MODES[("reshaped", s)] for s in range(4)])
+    assert f"| naive vs reshaped | 3/4 vs 0/4 | {p_fisher:.2g} | {p_clean:.2g} | {p_modes:.2g} |" in text
+    assert "| reshaped vs operator | not enough runs |" in text
+    # final clean_rate 0, 0.01, 0.2, 0.45: median 0.105, inclusive quartiles 0.0075 and 0.2625 (0.262 in float)
+    assert "| naive | 5 (4) | 1 / 0 / 0 | 3 / 4 |" in text and "| 0.105 [0.0075, 0.262] |" in text
+    # early warning: naive's three collapses were warned 100-300 steps ahead; its stable run also warned
+    assert "| naive | 3 | 3 | 200 [100, 300] | 1 | 1 |" in text
+    assert "| reshaped | 0 | 0 | - | 4 | 0 |" in text
+    assert "- naive seed 9: failed: train.steps must be a positive integer, got -1" in text
+    assert "- reshaped seed 8: incomplete" in text
+    for name in ("clean_rate_curves", "survival", "signature", "sigma_matrix", "metrics", "samples"):
         width, height = Image.open(out / f"{name}.png").size
         assert width > 200 and height > 200, name
-    # --collect reads the same runs back
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_variants.py"), "--out",
-                           str(tmp_path / "again"), "--collect", str(out / "runs")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "again" / "report.md").read_text() == text
+
+    # rebuilt from the CSVs alone (run folders gone): the same statistics
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in ("runs.csv", "curves.csv"):
+        (again / name).write_text((out / name).read_text())
+    _report("--out", again)
+    strip_plots = lambda t: t.split("Plots:")[0]
+    assert strip_plots((again / "report.md").read_text()) == strip_plots(text)
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path):
+    for args, message in ((["--out", tmp_path / "r", "--collect", tmp_path / "missing"], "no such folder"),
+                          (["--out", tmp_path / "r"], "no runs.csv"),
+                          (["--out", tmp_path / "r", "--collect", tmp_path], "no runs")):
+        proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    help_text = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True).stdout
+    assert "--collect" in help_text and "runs.csv" in help_text
