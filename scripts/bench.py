@@ -128,7 +128,8 @@ def memory_child(args, variant: str, device: torch.device) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="cnn", choices=("cnn", "resnet"))
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--g-ch", type=int, default=512)

@@ -6,6 +6,7 @@
 # skips finished ones. Then the report.
 #   bash scripts/seed_study.sh [SWEEP_DIR] [extra Hydra overrides, e.g. hydra.launcher.n_jobs=8]
 set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; fi
 SWEEP=${1:-outputs/seeds}
 shift || true
 common=(-m hydra/launcher=joblib "hydra.sweep.dir=$SWEEP" resume=auto log.progress=false "$@")

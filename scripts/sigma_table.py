@@ -60,7 +60,8 @@ def markdown(rows, bound: float) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="cnn", choices=("cnn", "resnet"))
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--d-ch", type=int, default=64)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from sngan.errors import UserError
 
@@ -145,12 +146,58 @@ def _flatten(tree, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ between two resolved configs, ignoring RESUMABLE_CHANGES."""
+    """Keys whose values differ between two resolved configs, ignoring RESUMABLE_CHANGES. A key the
+    saved config lacks (added since) counts as its default: it is not a difference."""
     a, b = _flatten(saved), _flatten(current)
-    allowed = lambda key: any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
-    if a.get("optim.lr_decay") == "linear":  # the schedule runs to train.steps: part of the maths
-        allowed = lambda key, _allowed=allowed: key != "train.steps" and _allowed(key)
-    return sorted(k for k in set(a) | set(b) if not allowed(k) and a.get(k) != b.get(k))
+    return sorted(k for k in a if not resumable(k, a) and a.get(k) != b.get(k))
+
+
+def resumable(key: str, saved_flat: dict) -> bool:
+    if saved_flat.get("optim.lr_decay") == "linear" and key == "train.steps":
+        return False  # the schedule runs to train.steps: part of the maths
+    return any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
+
+
+# What a command-line override touches: a key and the keys below it; a config group the keys of
+# its files (an experiment may touch anything).
+_GROUP_KEYS = {"optim": ("optim", "train.n_dis"), "experiment": ("",)}
+
+
+def _overridden(key: str, overrides: list[str]) -> bool:
+    for item in overrides:
+        name = item.split("=", 1)[0].lstrip("+~")
+        for prefix in _GROUP_KEYS.get(name, (name,)):
+            if prefix == "" or key == prefix or key.startswith(prefix + "."):
+                return True
+    return False
+
+
+_THIS_COMMAND = ("resume", "device")  # belong to the command at hand, not to the run
+
+
+def resume_config(saved: dict, current: DictConfig, overrides: list[str] | None, source: Path) -> DictConfig:
+    """The config a resumed run continues with: the saved run's, plus the resumable keys the command
+    line set. A command-line override of any other key that differs from the saved run is refused,
+    naming the keys. `overrides` None (a direct caller): every key of `current` counts as set."""
+    differing = config_differences(saved, OmegaConf.to_container(current, resolve=True))
+    refused = differing if overrides is None else [k for k in differing if _overridden(k, overrides)]
+    if refused:
+        raise UserError(f"cannot resume {source}: these settings differ from the saved run: {', '.join(refused)} "
+                        f"(a resume takes the saved run's config; only {', '.join(RESUMABLE_CHANGES)} may "
+                        "change: drop those overrides, or start a new run)")
+    # Keys added since the checkpoint was written take today's defaults: fill them in from `current`,
+    # except inside a config group that chose another option (its keys are that option's).
+    defaults = OmegaConf.to_container(current, resolve=True)
+    for group in ("variant", "dataset", "model", "loss"):
+        if isinstance(saved.get(group), dict) and saved[group].get("name") != defaults.get(group, {}).get("name"):
+            defaults[group] = {}
+    merged = OmegaConf.merge(OmegaConf.create(defaults), saved)
+    saved_flat = _flatten(saved)
+    for key, value in _flatten(OmegaConf.to_container(current, resolve=True)).items():
+        if resumable(key, saved_flat) and (overrides is None or _overridden(key, overrides) or key in _THIS_COMMAND):
+            OmegaConf.update(merged, key, value, merge=False)
+    OmegaConf.set_struct(merged, True)
+    return merged
 
 
 def load_for_resume(path: Path, warn) -> tuple[dict, Path]:

@@ -111,7 +111,7 @@ class Health:
             warnings.append(
                 f"step {step}: normalization violated: {name}'s {kind} is {sigmas[name]:.2f}{again} where "
                 f"variant={self.variant} promises 1 (geometric mean over D's layers {geo_mean:.2f}, limit "
-                f"{GM_LIMIT}): D is not held to the Lipschitz bound spectral normalization is meant to give")
+                f"{GM_LIMIT}): D is not held to the Lipschitz bound spectral normalization should give")
 
     def _collapse(self, step, values, scalars, warnings) -> None:
         if "metrics/clean_rate" in values:

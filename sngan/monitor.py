@@ -9,6 +9,7 @@ with respect to the inputs only (no parameter .grad is written).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,11 +84,28 @@ def generate(G: nn.Module, z: Tensor, batch: int = 256) -> Tensor:
         return torch.cat([G(z[i:i + batch]) for i in range(0, len(z), batch)])
 
 
-def save_grid(images: Tensor, path: Path) -> Tensor:
-    """A square-ish grid of images in [-1, 1], written as a PNG; returns the grid."""
-    grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))), normalize=True, value_range=(-1, 1))
+def save_grid(images: Tensor, path: Path, label: str | None = None, min_size: int = 64) -> Tensor:
+    """A square-ish grid of images in [-1, 1], each enlarged with nearest-neighbour pixels to at
+    least `min_size` px (16 px samples are unreadable at their own size), with an optional label
+    strip on top; written as a PNG. Returns the grid as a (3, H, W) tensor in [0, 1]."""
+    scale = max(1, math.ceil(min_size / images.shape[-1]))
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images.float(), scale_factor=scale, mode="nearest")
+    grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))), normalize=True, value_range=(-1, 1),
+                     padding=2 * scale)
+    if label:
+        grid = _with_label(grid, label)
     save_image(grid, path)
     return grid
+
+
+def _with_label(grid: Tensor, label: str) -> Tensor:
+    from PIL import Image, ImageDraw
+    from torchvision.transforms.functional import pil_to_tensor
+
+    strip = Image.new("RGB", (grid.shape[-1], 16), "white")
+    ImageDraw.Draw(strip).text((4, 2), label, fill="black")
+    return torch.cat([pil_to_tensor(strip).float() / 255, grid.cpu()], dim=1)
 
 
 def global_grad_norm(module: nn.Module) -> float:
@@ -109,6 +127,14 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: sorted((e.step, e.value) for e in acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
 
 
+def monitor_latents(seed: int, z_dim: int, n_eval: int, n_grid: int = 64) -> tuple[Tensor, Tensor]:
+    """(the sample grids' z, the evaluations' z) of a run with this seed, from the monitor's own
+    RNG (the run's global RNG is never drawn from). sngan.evaluate draws the same z, so it
+    reproduces the trainer's numbers."""
+    gen = torch.Generator().manual_seed(seed + 1_000_003)
+    return torch.randn(n_grid, z_dim, generator=gen), torch.randn(n_eval, z_dim, generator=gen)
+
+
 class Monitor:
     """TensorBoard writer, progress bar, fixed-z sample grids and oracle metrics for one run."""
 
@@ -120,12 +146,12 @@ class Monitor:
         # A checkpoint at step N is written after step N's logs: on resume, purge the events a killed
         # run wrote after it (steps > N), so TensorBoard shows each step once.
         self.writer = SummaryWriter(str(self.run_dir), purge_step=start_step + 1 if start_step else None)
-        self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step",
-                        disable=not enabled_bar)
+        # Moved every step (tqdm redraws at most every `mininterval` s); in a log file, a line a minute.
+        interactive = sys.stderr.isatty()
+        self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=interactive, unit="step",
+                        disable=not enabled_bar, mininterval=0.5 if interactive else 60, smoothing=0.1)
         self.device, self.oracle, self.n_eval = device, oracle, n_eval
-        gen = torch.Generator().manual_seed(seed + 1_000_003)  # the monitor's own RNG
-        self.fixed_z = torch.randn(n_samples, z_dim, generator=gen).to(device)
-        self.eval_z = torch.randn(n_eval, z_dim, generator=gen).to(device)
+        self.fixed_z, self.eval_z = (z.to(device) for z in monitor_latents(seed, z_dim, n_eval, n_samples))
         self._last_time, self._last_step = time.perf_counter(), start_step
 
     def images_per_second(self, step: int, images_per_step: int) -> float:
@@ -147,13 +173,17 @@ class Monitor:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
-    def progress(self, step: int, values: dict[str, float]) -> None:
-        self.bar.n = step
-        self.bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()}, refresh=True)
+    def advance(self, step: int) -> None:
+        """One more step on the bar (its time estimate follows the recent rate)."""
+        self.bar.update(step - self.bar.n)
+
+    def progress(self, values: dict[str, float]) -> None:
+        """The latest logged numbers beside the bar, shown at its next redraw."""
+        self.bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()}, refresh=False)
 
     def sample_grid(self, step: int, G: nn.Module) -> Path:
         path = self.run_dir / "samples" / f"step_{step:07d}.png"
-        self.writer.add_image("samples", save_grid(generate(G, self.fixed_z), path), step)
+        self.writer.add_image("samples", save_grid(generate(G, self.fixed_z), path, label=f"step {step}"), step)
         return path
 
     def oracle_metrics(self, G: nn.Module) -> dict[str, float]:

@@ -1,7 +1,8 @@
-"""Images from a checkpoint: `python -m sngan.sample ckpt=PATH [n=64] [out=grid.png] [seed=0]`.
+"""Images from a checkpoint: `python -m sngan.sample ckpt=PATH [n=64] [out=samples.png] [seed=0]`.
 
-`out` ending in .png gets one grid; any other `out` is a folder that gets one PNG per image.
-The EMA generator is used when the run kept one. `ckpt` may be a run folder or a checkpoint file.
+Writes n images of the run's generator (its EMA when the run kept one): `out` ending in .png gets
+one grid, labelled with the checkpoint's step; any other `out` is a folder that gets one PNG per
+image. `ckpt` may be a run folder or a checkpoint file.
 """
 
 from __future__ import annotations
@@ -13,41 +14,25 @@ import torch
 from torchvision.utils import save_image
 
 from sngan import checkpoint, monitor
+from sngan.cli import parse_args, positive_int
 from sngan.errors import UserError
 from sngan.train import restore_models
 
-USAGE = "usage: python -m sngan.sample ckpt=PATH [n=64] [out=grid.png] [seed=0] [device=cpu]"
+USAGE = "usage: python -m sngan.sample ckpt=PATH [n=64] [out=samples.png] [seed=0] [device=cpu]"
+OPTIONS = {
+    "ckpt": (None, "a run folder (its checkpoints/last.pt) or a checkpoint file"),
+    "n": ("64", "number of images"),
+    "out": ("samples.png", "a .png file gets one grid; any other path is a folder of one PNG per image"),
+    "seed": ("0", "seed of the latent vectors z (a private RNG)"),
+    "device": ("cpu", "cpu, cuda or cuda:N"),
+}
 
 
-def parse_args(argv: list[str], defaults: dict, usage: str = USAGE) -> dict:
-    """key=value arguments over `defaults`; unknown keys and missing required ones are UserErrors."""
-    args = dict(defaults)
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in defaults:
-            raise UserError(f"unexpected argument {item!r}; {usage}")
-        args[key] = value
-    missing = [k for k, v in args.items() if v is None]
-    if missing:
-        raise UserError(f"missing {', '.join(missing)}; {usage}")
-    return args
-
-
-def positive_int(args: dict, key: str, minimum: int = 1) -> int:
-    """args[key] as an integer >= minimum, else a UserError naming the key."""
-    try:
-        value = int(args[key])
-    except ValueError:
-        value = None
-    if value is None or value < minimum:
-        raise UserError(f"{key} must be an integer >= {minimum}, got {args[key]!r}")
-    return value
-
-
-def load_generator(ckpt: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The run's generator (its EMA when present) in eval mode, and the checkpoint's config."""
-    cfg, G, _, ema = restore_models(checkpoint.load(checkpoint.locate(ckpt)), torch.device(device))
-    return (ema.module if ema is not None else G).eval(), cfg
+def load_generator(ckpt: str, device: str = "cpu") -> tuple[torch.nn.Module, dict, int]:
+    """The run's generator (its EMA when present) in eval mode, the checkpoint's config and step."""
+    state = checkpoint.load(checkpoint.locate(ckpt))
+    cfg, G, _, ema = restore_models(state, torch.device(device))
+    return (ema.module if ema is not None else G).eval(), cfg, state["step"]
 
 
 def generate(G: torch.nn.Module, n: int, seed: int, device: str = "cpu") -> torch.Tensor:
@@ -58,17 +43,16 @@ def generate(G: torch.nn.Module, n: int, seed: int, device: str = "cpu") -> torc
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        a = parse_args(sys.argv[1:] if argv is None else argv,
-                       {"ckpt": None, "n": "64", "out": "samples.png", "seed": "0", "device": "cpu"})
+        a = parse_args(sys.argv[1:] if argv is None else argv, OPTIONS, USAGE, __doc__.split("\n\n")[1])
         n, seed = positive_int(a, "n"), positive_int(a, "seed", minimum=0)
-        G, _ = load_generator(a["ckpt"], a["device"])
+        G, _, step = load_generator(a["ckpt"], a["device"])
     except UserError as e:
         sys.exit(f"error: {e}")
     images = generate(G, n, seed, a["device"])
     out = Path(a["out"])
     if out.suffix.lower() == ".png":
         out.parent.mkdir(parents=True, exist_ok=True)
-        monitor.save_grid(images, out)
+        monitor.save_grid(images, out, label=f"step {step}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):

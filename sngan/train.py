@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from sngan import checkpoint, distributed
+from sngan import checkpoint, distributed, runinfo
 from sngan.batches import BatchStream
 from sngan.config import check_config, resolve_device
 from sngan.data import build_dataset
@@ -122,23 +122,21 @@ def wrap_for_speed_and_scale(cfg: DictConfig, G, D, device: torch.device, ctx: d
     return DDP(G, device_ids=ids, **no_forward_sync), DDP(D, device_ids=ids, **no_forward_sync)
 
 
-def load_resume_state(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """The checkpoint this run continues from (cfg.resume: false | true | auto | a path), checked
-    against the current config, or None for a fresh run. A folder that already holds a run is never
-    started over."""
+def load_resume_state(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -> tuple[dict | None, DictConfig]:
+    """(the checkpoint this run continues from, the config it continues with), or (None, cfg) for a
+    fresh run. A resume takes the saved run's config plus the resumable command-line overrides
+    (cfg.resume: false | true | auto | a path). A folder that holds a run is never started over."""
     resume_from = checkpoint.find_resume_checkpoint(cfg.resume, run_dir)
     if resume_from is None:
         if (run_dir / "checkpoints" / checkpoint.LAST).exists():
             raise UserError(f"{run_dir} already holds a run: pass resume=true to continue it, "
                             "or choose another hydra.run.dir")
-        return None
+        return None, cfg
     state, resume_from = checkpoint.load_for_resume(resume_from, warn=log.warning)
-    changed = checkpoint.config_differences(state["config"], OmegaConf.to_container(cfg, resolve=True))
-    if changed:
-        raise UserError(f"cannot resume {resume_from}: these settings differ from the saved run: "
-                        f"{', '.join(changed)} (only {', '.join(checkpoint.RESUMABLE_CHANGES)} may change)")
+    cfg = checkpoint.resume_config(state["config"], cfg, overrides, resume_from)
+    check_config(cfg)
     state["resumed_from"] = resume_from
-    return state
+    return state, cfg
 
 
 def restore_training_state(state: dict, cfg: DictConfig, ctx: distributed.Context, G, D, ema,
@@ -184,23 +182,25 @@ def check_health(health: Health, monitor: Monitor, step: int, values: dict[str, 
         log.warning(line)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, float]:
     """Run (or resume) one training run in `run_dir`; return the final logged metrics.
 
+    `overrides`: the command line's Hydra overrides; a resume applies only these (resumable ones)
+    over the saved run's config. None: every key of `cfg` counts as set.
     Under torchrun every rank calls this; rank 0's `run_dir` is the run's folder.
     """
     check_config(cfg)
     device = resolve_device(cfg.device)
     ctx = distributed.setup(device.type)
     device = distributed.rank_device(device, ctx)
+    run_dir = Path(distributed.broadcast_object(str(run_dir), ctx))
+    saved, cfg = load_resume_state(cfg, run_dir, overrides)
     if cfg.train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("train.amp=true needs a GPU with bf16 support; use train.amp=false")
     if cfg.train.batch_size % ctx.world_size:
         raise UserError(f"train.batch_size ({cfg.train.batch_size}) is the global batch: it must split "
                         f"evenly over the {ctx.world_size} ranks")
     torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark)
-    run_dir = Path(distributed.broadcast_object(str(run_dir), ctx))
-    saved = load_resume_state(cfg, run_dir)
     if saved is not None and saved["step"] >= cfg.train.steps:
         log.info("%s is complete (step %d of train.steps=%d): nothing to do", run_dir, saved["step"],
                  cfg.train.steps)
@@ -220,13 +220,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     input_sizes = layer_input_sizes(D, tuple(dataset[0].shape), device)
     if ctx.rank > 0:  # every rank draws its own noise; rank 0 draws what a single process would
         seed_everything(rank_seed(cfg.seed, ctx.rank))
-    log.info("run %s: variant=%s seed=%d, %d steps on %s (%d threads)", run_dir, cfg.variant.name, cfg.seed,
-             cfg.train.steps, device, torch.get_num_threads())
     health = Health(cfg.variant.name)
     start = 0
     if saved is not None:
         start = restore_training_state(saved, cfg, ctx, G, D, ema, (opt_g, opt_d, sched_g, sched_d),
                                        stream, health)
+    if ctx.is_main:
+        for line in runinfo.header(cfg, run_dir, G, D, device, start):
+            log.info(line)
 
     G_update, D_update = wrap_for_speed_and_scale(cfg, G, D, device, ctx)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
@@ -281,6 +282,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             if ema is not None and step > t.ema_start:
                 ema.update_parameters(G)
             finite &= torch.isfinite(it.loss_d) & torch.isfinite(it.loss_g)
+            if monitor is not None:
+                monitor.advance(step)
 
             # --- diagnostics (read-only, rank 0), health checks and checkpoints ------------------
             last = step == t.steps
@@ -291,7 +294,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                                          t.batch_size * t.n_dis)
                     monitor.scalars(step, values)
                     check_health(health, monitor, step, values)
-                    monitor.progress(step, {k: values[k] for k in ("loss/d", "loss/g", "perf/img_per_s")})
+                    monitor.progress({k: values[k] for k in ("loss/d", "loss/g", "perf/img_per_s")})
             if sample_metrics is not None and (step % lg.eval_every == 0 or last):
                 metrics = sample_metrics(sample_G)
                 monitor.scalars(step, metrics)
@@ -305,10 +308,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                                if k.startswith(("loss/", "sigma/lipschitz", "lipschitz/"))}}
         if monitor is not None:
             monitor.hparams(hparams_of(cfg), final)
-            log.info(health.summary())
     finally:
         if monitor is not None:
-            monitor.close()
+            monitor.close()  # the bar's last line before the footer
+    if ctx.is_main:
+        for line in runinfo.footer(step, final, health.summary(), run_dir):
+            log.info(line)
     if ctx.is_main:
         write_status(run_dir, "ok", step=step, first_warning_step=health.first_violation)
     return final
@@ -333,7 +338,7 @@ def main(cfg: DictConfig) -> None:
     # every outcome goes to the job's status.json and the console instead.
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        train(cfg, run_dir)
+        train(cfg, run_dir, list(hydra_cfg.overrides.task))
     except UserError as e:
         if not in_sweep:
             print(f"error: {e}", file=sys.stderr)

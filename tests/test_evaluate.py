@@ -59,22 +59,43 @@ if "sngan-test-features" not in torch_fidelity.registry.FEATURE_EXTRACTORS_REGIS
 
 def test_cli_prints_json_last_and_writes_it_beside_the_checkpoint(tmp_path):
     run = tmp_path / "run"
-    train(compose_config(TINY + QUIET + ["train.steps=3", "log.every=3"]), run)
-    proc = run_cli([f"ckpt={run}", "n=200"], cwd=tmp_path, module="sngan.evaluate")
+    train(compose_config(TINY + QUIET + ["train.steps=3", "log.every=3", "log.eval_every=3", "seed=5",
+                                         "train.ema_decay=0.5"]), run)
+    proc = run_cli([f"ckpt={run}", "n=64"], cwd=tmp_path, module="sngan.evaluate")  # TINY's log.n_eval
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == json.loads((run / "checkpoints" / "last.metrics.json").read_text())
-    assert result["step"] == 3 and 0 <= result["metrics/clean_rate"] <= 1
+    assert result == json.loads((run / "checkpoints" / "step_0000003.metrics.json").read_text())
+    assert not (run / "checkpoints" / "last.metrics.json").exists()
+    assert result["step"] == 3 and result["z_seed"] == 5 and result["generator"] == "EMA of G"
+    assert "64 samples of the EMA of G, z seed 5 (the trainer's own evaluation)" in proc.stderr
     assert result["metrics/num_modes"] == 112
-    # the same numbers the trainer logged for these weights at step 3
+    # the same numbers the trainer logged for these weights at step 3: sigmas and sample quality
     logged = read_scalars(run)
     for tag in ("sigma/matrix/conv1", "sigma/operator/conv3", "sigma/lipschitz_bound"):
         assert result[tag] == pytest.approx(logged[tag][-1][1], rel=1e-5)
+    for tag in ("metrics/clean_rate", "metrics/modes_covered", "metrics/kl_uniform"):
+        assert result[tag] == pytest.approx(logged[tag][-1][1], abs=1e-6), tag
     product = 1.0
     for key, value in result.items():
         if key.startswith("sigma/operator/"):
             product *= value
     assert result["sigma/lipschitz_bound"] == pytest.approx(product)
+
+
+def test_evaluate_scores_the_very_images_the_trainer_scored(tmp_path, monkeypatch):
+    """A 3-step run scores no clean sample, so equal metrics would prove little: compare the images."""
+    from sngan.data.synthetic import ShapesOracle
+
+    scored = []
+    real_metrics = ShapesOracle.oracle_metrics
+    monkeypatch.setattr(ShapesOracle, "oracle_metrics", lambda self, images: (scored.append(images.clone()),
+                                                                              real_metrics(self, images))[1])
+    run = tmp_path / "run"
+    train(compose_config(TINY + QUIET + ["train.steps=3", "log.eval_every=3", "seed=5", "train.ema_decay=0.5"]), run)
+    evaluate(str(run), n=64)
+    evaluate(str(run), n=64, seed=6)
+    trainer, same, other = scored
+    assert torch.equal(trainer, same) and not torch.allclose(trainer, other)
 
 
 def test_fid_is_kid_through_torch_fidelity_with_a_stand_in_extractor(tmp_path, monkeypatch):

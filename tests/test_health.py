@@ -153,3 +153,20 @@ def test_a_20_step_run_warns_only_for_naive(tmp_path, variant, warns):
     assert "health: normalization " + ("violated" if warns else "held") in log
     flags = read_scalars(run)["health/normalization_violated"]
     assert [s for s, _ in flags] == [20] and flags[-1][1] == float(warns)
+
+
+def test_the_signature_layout_puts_every_layer_on_one_chart(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    run = tmp_path / "run"
+    proc = run_cli(TINY + ["train.steps=2", "log.eval_every=1000", "log.sample_every=1000", f"hydra.run.dir={run}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    proto = acc.Tensors("custom_scalars__config__")[0].tensor_proto
+    layout = layout_pb2.Layout.FromString(proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert charts["sigma/matrix (all layers)"] == [r"sigma/matrix/.*"]
+    assert charts["sigma/operator (all layers)"] == [r"sigma/operator/.*"]

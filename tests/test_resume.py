@@ -157,3 +157,23 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     steps = [s for s, _ in read_scalars(run)["loss/d"]]
     assert steps == sorted(set(steps)), f"duplicated TensorBoard steps after a kill at {killed_at}"
     assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+def test_resume_true_remembers_the_run_config(tmp_path):
+    """`resume=true hydra.run.dir=RUN` alone continues a naive run: the overrides it was started
+    with come from its checkpoint; only resumable keys may be given again, with new values."""
+    started = TINY + QUIET + ["variant=naive", "seed=3", "optim=C", "ckpt.every=3"]
+    straight = tmp_path / "straight"
+    assert run_cli(started + ["train.steps=6", f"hydra.run.dir={straight}"], cwd=tmp_path).returncode == 0
+    run = tmp_path / "run"
+    assert run_cli(started + ["train.steps=3", f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+    proc = run_cli(["resume=true", "train.steps=6", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert_identical(_state(straight), _state(run))
+    assert _state(run)["config"]["variant"]["name"] == "naive" and _state(run)["config"]["seed"] == 3
+
+    refused = run_cli(["resume=true", "variant=reshaped", "optim.lr=0.01", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "optim.lr, variant.name" in refused.stderr and refused.stderr.count("\n") == 1
+    again = run_cli(["resume=auto", "variant=naive", f"hydra.run.dir={run}"], cwd=tmp_path)  # the same value
+    assert again.returncode == 0 and "is complete (step 6 of train.steps=6)" in (run / "train.log").read_text()

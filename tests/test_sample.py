@@ -23,7 +23,8 @@ def test_grid_and_folder_outputs(run_dir, tmp_path):
     proc = run_cli([f"ckpt={run_dir}", "n=9", f"out={tmp_path / 'grid.png'}"], cwd=tmp_path, module="sngan.sample")
     assert proc.returncode == 0, proc.stderr
     width, height = Image.open(tmp_path / "grid.png").size
-    assert (width, height) == (3 * 16 + 4 * 2, 3 * 16 + 4 * 2)  # 3x3 tiles of 16 px, 2 px padding
+    # 3x3 tiles of 16 px enlarged 4x to 64 px (nearest neighbour), 8 px padding, a 16 px label strip
+    assert (width, height) == (3 * 64 + 4 * 8, 16 + 3 * 64 + 4 * 8)
     proc = run_cli([f"ckpt={run_dir / 'checkpoints' / 'last.pt'}", "n=5", f"out={tmp_path / 'imgs'}"],
                    cwd=tmp_path, module="sngan.sample")
     assert proc.returncode == 0, proc.stderr
@@ -31,7 +32,8 @@ def test_grid_and_folder_outputs(run_dir, tmp_path):
 
 
 def test_uses_the_ema_generator(run_dir):
-    G, _ = load_generator(str(run_dir))
+    G, _, step = load_generator(str(run_dir))
+    assert step == 3
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     ema_weight = state["G_ema"]["module.fc.weight"]
     assert torch.equal(G.fc.weight, ema_weight) and not torch.equal(G.fc.weight, state["G"]["fc.weight"])
@@ -43,3 +45,13 @@ def test_uses_the_ema_generator(run_dir):
 def test_bad_arguments(tmp_path, args, message):
     proc = run_cli(args, cwd=tmp_path, module="sngan.sample")
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("module", ["sngan.sample", "sngan.evaluate"])
+def test_help_lists_every_key_with_its_default(tmp_path, module):
+    proc = run_cli(["--help"], cwd=tmp_path, module=module)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: python -m {module} ckpt=PATH")
+    assert "ckpt=CKPT" in proc.stdout and "(required)" in proc.stdout
+    for key in (["n=64", "out=samples.png", "seed=0", "device=cpu"] if module == "sngan.sample"
+                else ["n=10000", "seed=run", "device=cpu", "metrics.inception_weights="]):
+        assert key in proc.stdout, key

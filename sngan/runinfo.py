@@ -1,0 +1,75 @@
+"""What a run says about itself: a header at its start and a footer at its end, on the console and
+in train.log, with the exact commands that continue, sample and evaluate it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Plain messages on the console; WARNING and above say so (train.log keeps time and level)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname}: {message}"
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it (shorter commands)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _hydra_arg(key: str, path: Path) -> str:
+    """`key=path` as one shell word that Hydra reads back as this path: sweep folders are named
+    like `seed=0,variant=naive`, and an unquoted comma would make a sweep."""
+    value = _shown(path)
+    if any(c in value for c in ",=()[]{}'\" :"):
+        value = '"' + value.replace('"', '\\"') + '"'
+    return shlex.quote(f"{key}={value}")
+
+
+def commands(run_dir: Path) -> dict[str, str]:
+    ckpt = shlex.quote(f"ckpt={_shown(run_dir)}")  # sample/evaluate split at the first '=' only
+    return {"tensorboard": f"tensorboard --logdir {shlex.quote(_shown(run_dir))}",
+            "resume": f"python -m sngan.train resume=true {_hydra_arg('hydra.run.dir', run_dir)}"
+                      "   # [train.steps=N to lengthen]",
+            "sample": f"python -m sngan.sample {ckpt} n=64 out=samples.png",
+            "evaluate": f"python -m sngan.evaluate {ckpt}"}
+
+
+def _millions(module: torch.nn.Module) -> str:
+    return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M"
+
+
+def header(cfg: DictConfig, run_dir: Path, G, D, device: torch.device, start: int) -> list[str]:
+    t, o, res = cfg.train, cfg.optim, cfg.dataset.resolution
+    where = f"resumed at step {start}" if start else "new run"
+    lines = [f"sngan run ({where}): {_shown(run_dir)}",
+             f"  variant {cfg.variant.name} | data {cfg.dataset.name} {res}x{res} | model {cfg.model.name}: "
+             f"G {_millions(G)}, D {_millions(D)} parameters | loss {cfg.loss.name} | seed {cfg.seed}",
+             f"  {t.steps} steps, batch {t.batch_size}, n_dis {t.n_dis}, lr {o.lr:g}, betas ({o.beta1:g}, {o.beta2:g})"
+             f" | {device}, {torch.get_num_threads()} threads (of {os.cpu_count()} cores)",
+             f"  logs every {cfg.log.every} steps, checkpoints every {cfg.ckpt.every} in "
+             f"{_shown(run_dir / 'checkpoints')}, samples in {_shown(run_dir / 'samples')}"]
+    lines += [f"  {name + ':':13s}{command}" for name, command in commands(run_dir).items()]
+    return lines
+
+
+def footer(step: int, final: dict[str, float], health_summary: str, run_dir: Path) -> list[str]:
+    shown = {"metrics/clean_rate": "clean_rate", "metrics/modes_covered": "modes covered", "metrics/fid": "FID",
+             "metrics/isc": "IS", "metrics/kid": "KID", "sigma/lipschitz_bound": "Lipschitz bound",
+             "loss/d": "loss/d", "loss/g": "loss/g"}
+    numbers = ", ".join(f"{label} {final[tag]:.4g}" for tag, label in shown.items() if tag in final)
+    lines = [f"done at step {step}: {numbers}", health_summary]
+    lines += [f"  {name + ':':13s}{command}" for name, command in commands(run_dir).items()]
+    return lines
