@@ -135,7 +135,14 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+            writer.writerow({k: _cell(row.get(k)) for k in columns})
+
+
+def _cell(value) -> str:
+    """A CSV cell: floats (logged as float32) to 6 significant digits, None as empty."""
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _parse(value: str):
@@ -280,7 +287,9 @@ def plot_signature(path: Path, groups: dict, curves: list[dict]) -> None:
     """Median over seeds of the largest per-layer sigma/matrix and of the Lipschitz bound."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, ax, log_y in (("max_sigma_matrix", axes[0], False), ("lipschitz_bound", axes[1], True)):
+    for key, ax, log_y, title in (
+            ("max_sigma_matrix", axes[0], False, "largest per-layer sigma/matrix (SN promises 1)"),
+            ("lipschitz_bound", axes[1], True, "sigma/lipschitz_bound (product of operator norms)")):
         for variant in groups:
             by_step = defaultdict(list)
             for c in curves:
@@ -289,7 +298,7 @@ def plot_signature(path: Path, groups: dict, curves: list[dict]) -> None:
             if by_step:
                 steps = sorted(by_step)
                 ax.plot(steps, [statistics.median(by_step[s]) for s in steps], label=variant)
-        ax.set_title(f"{key} (median over seeds)", fontsize=9)
+        ax.set_title(f"{title}, median over seeds", fontsize=9)
         ax.set_xlabel("step")
         if log_y:
             ax.set_yscale("log")
