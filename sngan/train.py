@@ -160,6 +160,36 @@ def restore_training_state(state: dict, cfg: DictConfig, ctx: distributed.Contex
     return start
 
 
+def check_device_settings(cfg: DictConfig, device: torch.device, ctx: distributed.Context) -> None:
+    if cfg.train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("train.amp=true needs a GPU with bf16 support; use train.amp=false")
+    if cfg.train.batch_size % ctx.world_size:
+        raise UserError(f"train.batch_size ({cfg.train.batch_size}) is the global batch: it must split "
+                        f"evenly over the {ctx.world_size} ranks")
+    torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark)
+
+
+def save_checkpoint(run_dir: Path, step: int, cfg: DictConfig, ctx: distributed.Context, G, D, ema,
+                    optimizers: tuple, stream: BatchStream, health: Health) -> None:
+    """Every rank takes part (its RNG state, and a digest proving the replicas still agree);
+    rank 0 writes checkpoints/last.pt and a numbered snapshot."""
+    rngs = distributed.gather_objects(checkpoint.rng_state(), ctx)
+    digests = distributed.gather_objects(distributed.state_digest(G, D, ema), ctx) if ctx.enabled else []
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"step {step}: the ranks' models differ (state digests {digests})")
+    if not ctx.is_main:
+        return
+    opt_g, opt_d, sched_g, sched_d = optimizers
+    checkpoint.save(run_dir / "checkpoints", {
+        "step": step, "G": G.state_dict(), "D": D.state_dict(),
+        "G_ema": ema.state_dict() if ema is not None else None,
+        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+        "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
+        "rng": rngs[0], "rng_ranks": rngs, "replica_digests": digests, "data": stream.position,
+        "health": health.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
+    }, keep=cfg.ckpt.keep)
+
+
 def diagnostics(it, G, D, scheds: tuple, monitor: Monitor, input_sizes: dict, step: int,
                 images_per_step: int) -> dict[str, float]:
     """The scalars logged every `log.every` steps (read-only: see sngan/monitor.py)."""
@@ -195,12 +225,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     device = distributed.rank_device(device, ctx)
     run_dir = Path(distributed.broadcast_object(str(run_dir), ctx))
     saved, cfg = load_resume_state(cfg, run_dir, overrides)
-    if cfg.train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("train.amp=true needs a GPU with bf16 support; use train.amp=false")
-    if cfg.train.batch_size % ctx.world_size:
-        raise UserError(f"train.batch_size ({cfg.train.batch_size}) is the global batch: it must split "
-                        f"evenly over the {ctx.world_size} ranks")
-    torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark)
+    check_device_settings(cfg, device, ctx)
     if saved is not None and saved["step"] >= cfg.train.steps:
         log.info("%s is complete (step %d of train.steps=%d): nothing to do", run_dir, saved["step"],
                  cfg.train.steps)
@@ -233,7 +258,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     next_real = lambda: next(stream).to(device, non_blocking=True, memory_format=memory_format)
     amp_dtype = torch.bfloat16 if cfg.train.amp else None
-    t, lg, ck = cfg.train, cfg.log, cfg.ckpt
+    t, lg = cfg.train, cfg.log
     monitor = None
     if ctx.is_main:
         monitor = Monitor(run_dir, total_steps=t.steps, start_step=start, z_dim=G.z_dim, device=device,
@@ -243,22 +268,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     sample_G = ema.module if ema is not None else G
     sample_metrics = real_metrics or (monitor.oracle_metrics if monitor is not None else None)
 
-    def save(step: int) -> None:
-        # Every rank takes part: its RNG state, and a digest proving the replicas still agree.
-        rngs = distributed.gather_objects(checkpoint.rng_state(), ctx)
-        digests = distributed.gather_objects(distributed.state_digest(G, D, ema), ctx) if ctx.enabled else []
-        if len(set(digests)) > 1:
-            raise RuntimeError(f"step {step}: the ranks' models differ (state digests {digests})")
-        if not ctx.is_main:
-            return
-        checkpoint.save(run_dir / "checkpoints", {
-            "step": step, "G": G.state_dict(), "D": D.state_dict(),
-            "G_ema": ema.state_dict() if ema is not None else None,
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
-            "rng": rngs[0], "rng_ranks": rngs, "replica_digests": digests, "data": stream.position,
-            "health": health.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
-        }, keep=ck.keep)
+    save = lambda step: save_checkpoint(run_dir, step, cfg, ctx, G, D, ema, (opt_g, opt_d, sched_g, sched_d),
+                                        stream, health)
 
     def check_finite(step: int, it) -> None:
         if not distributed.all_true(finite, ctx):
@@ -301,7 +312,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                 check_health(health, monitor, step, metrics)
             if monitor is not None and (step % lg.sample_every == 0 or last):
                 monitor.sample_grid(step, sample_G)
-            if step % ck.every == 0 or last:
+            if step % cfg.ckpt.every == 0 or last:
                 check_finite(step, it)
                 save(step)
         final = {**metrics, **{k: v for k, v in values.items()
@@ -314,7 +325,6 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     if ctx.is_main:
         for line in runinfo.footer(step, final, health.summary(), run_dir):
             log.info(line)
-    if ctx.is_main:
         write_status(run_dir, "ok", step=step, first_warning_step=health.first_violation)
     return final
 
