@@ -64,6 +64,18 @@ def atomic_save(obj: dict, path: Path) -> None:
         os.close(dir_fd)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace a small text file atomically (temporary file in the same folder, then os.replace)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save(ckpt_dir: Path, state: dict, *, keep: int) -> Path:
     """Write `last.pt` and a numbered snapshot `step_<N>.pt`, keeping the newest `keep` snapshots."""
     ckpt_dir = Path(ckpt_dir)

@@ -135,6 +135,9 @@ def load_resume_state(cfg: DictConfig, run_dir: Path, overrides: list[str] | Non
     state, resume_from = checkpoint.load_for_resume(resume_from, warn=log.warning)
     cfg = checkpoint.resume_config(state["config"], cfg, overrides, resume_from)
     check_config(cfg)
+    record = run_dir / ".hydra" / "config.yaml"
+    if record.is_file():  # Hydra recorded the command's composition; the run goes on with this config
+        checkpoint.atomic_write_text(record, OmegaConf.to_yaml(cfg))
     state["resumed_from"] = resume_from
     return state, cfg
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import TINY, compose_config, read_scalars, run_cli
 from sngan import checkpoint
@@ -171,6 +172,8 @@ def test_resume_true_remembers_the_run_config(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert_identical(_state(straight), _state(run))
     assert _state(run)["config"]["variant"]["name"] == "naive" and _state(run)["config"]["seed"] == 3
+    recorded = OmegaConf.load(run / ".hydra" / "config.yaml")  # what the run goes on with, not the defaults
+    assert recorded.variant.name == "naive" and recorded.seed == 3 and recorded.train.steps == 6
 
     refused = run_cli(["resume=true", "variant=reshaped", "optim.lr=0.01", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
