@@ -8,9 +8,9 @@ one-line reason). The file is replaced atomically, so a reader never sees half o
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from sngan.checkpoint import atomic_write_text
 
 STATUS_FILE = "status.json"
 
@@ -18,15 +18,7 @@ STATUS_FILE = "status.json"
 def write_status(run_dir: Path, status: str, **details) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATUS_FILE}.", suffix=".tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"status": status, **details}, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, run_dir / STATUS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(run_dir / STATUS_FILE, json.dumps({"status": status, **details}, indent=1) + "\n")
 
 
 def read_status(run_dir: Path) -> dict | None:

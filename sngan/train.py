@@ -356,14 +356,14 @@ def main(cfg: DictConfig) -> None:
         if not in_sweep:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        log.error("error: %s", e)
+        log.error("%s", e)
         write_status(run_dir, "failed", reason=str(e))
     except RunDiverged as e:
         write_status(run_dir, "diverged", step=e.step, reason=str(e))
         if not in_sweep:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(3)
-        log.error("error: %s", e)
+        log.error("%s", e)
     except Exception as e:
         if not in_sweep:
             raise

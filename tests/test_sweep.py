@@ -57,22 +57,24 @@ def test_a_killed_sweep_relaunched_finishes_every_run_once(tmp_path):
     assert steps == list(range(5, 151, 5))  # every logged step once: nothing trained twice
 
 
-def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+def test_failed_and_diverged_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}", *TINY, *QUIET,
-                    "log.every=2", "train.steps=-1,2"], cwd=tmp_path)
+    proc = run_cli(["-m", "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}", *TINY, *QUIET, "variant=none",
+                    "log.every=2", "train.steps=4", "optim.lr=-1,1e30,0.001"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "error: train.steps must be a positive integer, got -1" in proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
-    assert _status(_job(sweep, "train.steps=-1")) == {"status": "failed",
-                                                 "reason": "train.steps must be a positive integer, got -1"}
-    assert _status(_job(sweep, "train.steps=2"))["status"] == "ok"
+    output = proc.stdout + proc.stderr
+    assert "ERROR: optim.lr must be a positive number, got -1" in output and "Traceback" not in output
+    assert _status(_job(sweep, "optim.lr=-1")) == {"status": "failed",
+                                                   "reason": "optim.lr must be a positive number, got -1"}
+    diverged = _status(_job(sweep, "optim.lr=1e+30"))
+    assert diverged["status"] == "diverged" and diverged["step"] == 2 and "non-finite loss" in diverged["reason"]
+    assert _status(_job(sweep, "optim.lr=0.001"))["status"] == "ok"
     report = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_variants.py"), "--collect", str(sweep),
                              "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     assert "failed run" in report.stderr and "got -1" in report.stderr
-    rows = (tmp_path / "report" / "runs.csv").read_text().splitlines()
-    assert len(rows) == 3 and sum(",failed," in row for row in rows) == 1 and sum(",ok," in row for row in rows) == 1
+    rows = (tmp_path / "report" / "runs.csv").read_text().splitlines()[1:]
+    assert sorted(row.split(",")[13] for row in rows) == ["diverged", "failed", "ok"]  # the status column
 
 
 @pytest.mark.parametrize("override,named", [("variant=naive,bogus", "variant/bogus"),
