@@ -12,6 +12,7 @@ import inspect
 import logging
 import random
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -31,6 +32,7 @@ from sngan.metrics import check_feature_extractor, fidelity_metrics, real_stats_
 from sngan.models import build_discriminator, build_generator
 from sngan.monitor import Monitor, global_grad_norm, input_grad_norm, layer_input_sizes, sigma_scalars
 from sngan.spectral import apply_spectral_norm
+from sngan.runlock import run_lock
 from sngan.status import write_status
 from sngan.step import apply_speed_switches, gan_iteration
 
@@ -227,6 +229,13 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     ctx = distributed.setup(device.type)
     device = distributed.rank_device(device, ctx)
     run_dir = Path(distributed.broadcast_object(str(run_dir), ctx))
+    with run_lock(run_dir) if ctx.is_main else nullcontext():  # one trainer per run folder
+        return train_locked(cfg, run_dir, overrides, device, ctx)
+
+
+def train_locked(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, device: torch.device,
+                 ctx: distributed.Context) -> dict[str, float]:
+    """The run itself, while this process holds the run folder (see `train`)."""
     saved, cfg = load_resume_state(cfg, run_dir, overrides)
     check_device_settings(cfg, device, ctx)
     if saved is not None and saved["step"] >= cfg.train.steps:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -180,3 +181,25 @@ def test_resume_true_remembers_the_run_config(tmp_path):
     assert "optim.lr, variant.name" in refused.stderr and refused.stderr.count("\n") == 1
     again = run_cli(["resume=auto", "variant=naive", f"hydra.run.dir={run}"], cwd=tmp_path)  # the same value
     assert again.returncode == 0 and "is complete (step 6 of train.steps=6)" in (run / "train.log").read_text()
+
+
+def test_a_second_trainer_on_a_busy_run_folder_stops_at_once(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "sngan.train", *TINY, *QUIET, "train.steps=400", "ckpt.every=5",
+                              f"hydra.run.dir={run}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints" / "last.pt").exists():
+            assert time.time() < deadline and first.poll() is None, "the first trainer ended early"
+            time.sleep(0.05)
+        started = time.time()
+        second = run_cli([*TINY, *QUIET, "train.steps=400", "resume=true", f"hydra.run.dir={run}"], cwd=tmp_path)
+        assert second.returncode == 2 and time.time() - started < 60
+        assert f"is in use by another trainer (pid {first.pid})" in second.stderr
+        assert "Traceback" not in second.stderr and second.stderr.count("\n") == 1
+    finally:
+        first.wait(timeout=600)
+    assert first.returncode == 0, first.stderr.read()  # the first one never noticed
+    assert _state(run)["step"] == 400
