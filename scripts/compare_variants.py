@@ -116,14 +116,20 @@ def collect_run(run_dir: Path) -> tuple[dict, list[dict], dict]:
     return row, curves, scalars
 
 
+def _rounded(record: dict) -> dict:
+    """Floats to the 6 significant digits runs.csv keeps (they were logged as float32), so that a
+    report from run folders and one rebuilt from the CSVs compute on the same numbers."""
+    return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in record.items()}
+
+
 def collect(roots: list[Path]) -> tuple[list[dict], list[dict], dict]:
     rows, curves, scalars = [], [], {}
     for root in roots:
         for config in sorted(Path(root).rglob(".hydra/config.yaml")):
             run_dir = config.parent.parent
             row, run_curves, run_scalars = collect_run(run_dir)
-            rows.append(row)
-            curves.extend(run_curves)
+            rows.append(_rounded(row))
+            curves.extend(_rounded(c) for c in run_curves)
             scalars[row["run"]] = run_scalars
     return rows, curves, scalars
 

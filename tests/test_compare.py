@@ -135,8 +135,9 @@ def test_runs_csv_and_report_match_hand_computed_statistics(sweep, tmp_path):
     p_modes = mann_whitney_by_hand([MODES[("naive", s)] for s in range(4)], [MODES[("reshaped", s)] for s in range(4)])
     assert f"| naive vs reshaped | 3/4 vs 0/4 | {p_fisher:.2g} | {p_clean:.2g} | {p_modes:.2g} |" in text
     assert "| reshaped vs operator | not enough runs |" in text
-    # final clean_rate 0, 0.01, 0.2, 0.45: median 0.105, inclusive quartiles 0.0075 and 0.2625 (0.262 in float)
-    assert "| naive | 5 (4) | 1 / 0 / 0 | 3 / 4 |" in text and "| 0.105 [0.0075, 0.262] |" in text
+    # final clean_rate 0, 0.01, 0.2, 0.45: median 0.105, inclusive quartiles at positions 0.75 and 2.25
+    q1, q3 = 0 + 0.75 * (0.01 - 0), 0.2 + 0.25 * (0.45 - 0.2)
+    assert "| naive | 5 (4) | 1 / 0 / 0 | 3 / 4 |" in text and f"| 0.105 [{q1:.3g}, {q3:.3g}] |" in text
     # early warning: naive's three collapses were warned 100-300 steps ahead; its stable run also warned
     assert "| naive | 3 | 3 | 200 [100, 300] | 1 | 1 |" in text
     assert "| reshaped | 0 | 0 | - | 4 | 0 |" in text

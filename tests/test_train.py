@@ -197,4 +197,6 @@ def test_multirun_sweeps_variants(tmp_path):
                    [f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "checkpoints" / "last.pt").is_file())
-    assert runs == ["0-synthetic-naive-seed0", "1-synthetic-reshaped-seed0"]
+    # named by the overrides (sorted by key), never by job number
+    assert [name.split(",")[-1] for name in runs] == ["variant=naive", "variant=reshaped"]
+    assert all(name.startswith("ckpt.every=1000,dataset.resolution=16,") for name in runs)
