@@ -8,6 +8,7 @@ or read from `inception_weights` offline) and caches the real data's statistics 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -100,7 +101,9 @@ def fidelity_metrics(G: nn.Module, real: Dataset, *, n: int, cache_name: str, ca
                 input2_cache_name=cache_name, cache_root=str(Path(cache_root).expanduser()), cache=True,
                 fid=True, isc=True, kid=True, kid_subset_size=min(1000, n, len(real)),
                 feature_extractor=feature_extractor, feature_extractor_weights_path=weights,
-                cuda=device.type == "cuda", rng_seed=seed, verbose=False)
+                cuda=device.type == "cuda", rng_seed=seed, verbose=False,
+                # its loader takes min(4, 2 x cores) workers, more than a small machine has: none there
+                save_cpu_ram=(os.cpu_count() or 1) < 4)
     except OSError as e:  # the weights could not be downloaded
         raise _weights_error(feature_extractor, e) from None
     return {"fid": float(result["frechet_inception_distance"]),

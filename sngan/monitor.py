@@ -146,9 +146,11 @@ class Monitor:
         # A checkpoint at step N is written after step N's logs: on resume, purge the events a killed
         # run wrote after it (steps > N), so TensorBoard shows each step once.
         self.writer = SummaryWriter(str(self.run_dir), purge_step=start_step + 1 if start_step else None)
-        # Moved every step (tqdm redraws at most every `mininterval` s); in a log file, a line a minute.
+        # Moved every step (tqdm redraws at most every `mininterval` s); in a log file, a line a minute,
+        # named by the run folder (sweep jobs share one console).
         interactive = sys.stderr.isatty()
         self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=interactive, unit="step",
+                        desc=self.run_dir.name,
                         disable=not enabled_bar, mininterval=0.5 if interactive else 60, smoothing=0.1)
         self.device, self.oracle, self.n_eval = device, oracle, n_eval
         self.fixed_z, self.eval_z = (z.to(device) for z in monitor_latents(seed, z_dim, n_eval, n_samples))
