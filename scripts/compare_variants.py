@@ -170,6 +170,16 @@ def read_csv(path: Path) -> list[dict]:
                  for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def merge(rows: list[dict], curves: list[dict], old_rows: list[dict], old_curves: list[dict]):
+    """`rows`/`curves` plus the earlier runs no collected folder holds (same variant, seed, optim
+    and steps: the collected run wins, it is the newer record of the same run)."""
+    key = lambda r: (r["variant"], r["seed"], r["optim"], r["steps"])
+    have = {key(r) for r in rows}
+    kept = [r for r in old_rows if key(r) not in have]
+    wanted = {(r["variant"], r["seed"], r["optim"]) for r in kept}
+    return rows + kept, curves + [c for c in old_curves if (c["variant"], c["seed"], c["optim"]) in wanted]
+
+
 # --- statistics ----------------------------------------------------------------------------------
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -505,19 +515,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--collect", type=Path, action="append", metavar="SWEEP",
                    help="a folder holding run folders (a Hydra sweep); repeatable. Without it: rebuild the "
                         "report from OUT/runs.csv and OUT/curves.csv")
+    p.add_argument("--add-csv", type=Path, action="append", metavar="DIR",
+                   help="with --collect: also the runs of an earlier report (DIR/runs.csv, DIR/curves.csv) "
+                        "that no collected folder holds, e.g. a study continued in a new sweep folder; repeatable")
     a = p.parse_args(argv)
     scalars = None
+    for folder in a.add_csv or []:
+        if not (folder / "runs.csv").is_file() or not (folder / "curves.csv").is_file():
+            p.error(f"--add-csv {folder}: no runs.csv and curves.csv there")
     if a.collect:
         missing = [str(root) for root in a.collect if not root.is_dir()]
         if missing:
             p.error(f"--collect {', '.join(missing)}: no such folder")
         rows, curves, scalars = collect(a.collect)
+        for folder in a.add_csv or []:  # read before OUT's CSVs are rewritten: DIR may be OUT
+            rows, curves = merge(rows, curves, read_csv(folder / "runs.csv"), read_csv(folder / "curves.csv"))
         if not rows:
             p.error(f"no runs (folders with .hydra/config.yaml) below {', '.join(map(str, a.collect))}")
         a.out.mkdir(parents=True, exist_ok=True)
         write_csv(a.out / "runs.csv", rows, RUN_COLUMNS)
         write_csv(a.out / "curves.csv", curves, CURVE_COLUMNS)
     else:
+        if a.add_csv:
+            p.error("--add-csv goes with --collect")
         if not (a.out / "runs.csv").is_file() or not (a.out / "curves.csv").is_file():
             p.error(f"{a.out} holds no runs.csv and curves.csv: pass --collect SWEEP to read run folders")
         rows, curves = read_csv(a.out / "runs.csv"), read_csv(a.out / "curves.csv")

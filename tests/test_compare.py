@@ -157,6 +157,26 @@ def test_runs_csv_and_report_match_hand_computed_statistics(sweep, tmp_path):
     assert strip_plots((again / "report.md").read_text()) == strip_plots(text)
 
 
+def test_a_study_continued_in_a_new_sweep_folder_keeps_its_earlier_runs(sweep, tmp_path):
+    out = tmp_path / "report"
+    _report("--collect", sweep, "--out", out)
+    before = (out / "runs.csv").read_text().splitlines()
+    later = tmp_path / "later"  # the earlier folders are gone; one new run, and seed 8 trained again
+    _fabricate_run(later / "seed=4,variant=reshaped", "reshaped", 4, [0.1, 0.2, 0.3, 0.3, 0.3], 6,
+                   status={"status": "ok", "step": 500})
+    _fabricate_run(later / "seed=8,variant=reshaped", "reshaped", 8, [0.1, 0.2, 0.3, 0.3, 0.3], 6,
+                   status={"status": "ok", "step": 500})
+    _report("--collect", later, "--add-csv", out, "--out", out)
+    with open(out / "runs.csv") as f:
+        rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(f)}
+    assert len(rows) == len(before)  # 10 earlier rows (header aside) + 1 new, seed 8 replaced
+    assert rows[("reshaped", "8")]["status"] == "ok" and rows[("reshaped", "4")]["status"] == "ok"
+    assert rows[("naive", "9")]["status"] == "failed"
+    with open(out / "curves.csv") as f:
+        seed8 = [r for r in csv.DictReader(f) if r["variant"] == "reshaped" and r["seed"] == "8"]
+    assert len(seed8) == 5  # the new record's curve, not the old one's two points as well
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     sys.path.insert(0, str(SCRIPT.parent))
     try:
