@@ -45,8 +45,8 @@ from sngan.status import read_status
 
 RUN_COLUMNS = ["variant", "seed", "steps", "best_clean_rate", "best_step", "final_clean_rate",
                "final_modes_covered", "final_kl_uniform", "max_sigma_matrix", "max_lipschitz_bound",
-               "collapsed", "collapse_step", "first_warning_step", "status", "last_step", "optim", "reason",
-               "run"]
+               "collapsed", "collapse_step", "first_warning_step", "status", "first_worsening_step", "last_step",
+               "optim", "reason", "run"]
 CURVE_COLUMNS = ["variant", "seed", "optim", "step", "clean_rate", "modes_covered", "max_sigma_matrix",
                  "max_sigma_operator", "lipschitz_bound", "grad_norm"]
 PAIRS = [("naive", "reshaped"), ("reshaped", "operator"), ("none", "naive")]
@@ -105,7 +105,8 @@ def collect_run(run_dir: Path) -> tuple[dict, list[dict], dict]:
            "final_kl_uniform": final("metrics/kl_uniform"),
            "max_sigma_matrix": max(sigma_matrix, default=None), "max_lipschitz_bound": max(bounds, default=None),
            "collapsed": bool(health.collapses), "collapse_step": health.collapses[0] if health.collapses else None,
-           "first_warning_step": health.first_violation, "status": state, "last_step": last_step,
+           "first_warning_step": health.first_violation, "status": state,
+           "first_worsening_step": health.worsenings[0] if health.worsenings else None, "last_step": last_step,
            "optim": optim, "reason": status.get("reason", ""), "run": str(run_dir)}
     curves = [{"variant": variant, "seed": seed, "optim": optim, "step": step,
                "clean_rate": values.get("metrics/clean_rate"), "modes_covered": values.get("metrics/modes_covered"),
@@ -231,15 +232,15 @@ def pairwise(groups: dict[str, list[dict]], a: str, b: str) -> dict | None:
     return out
 
 
-def early_warning(group: list[dict]) -> dict:
-    """Lead times (collapse step - first warning step) of the collapsed runs; false alarms."""
+def early_warning(group: list[dict], signal: str = "first_warning_step") -> dict:
+    """For `signal` (a step column): lead times (collapse step - signal step) of the collapsed runs
+    that showed it by then; the runs without a collapse that showed it anyway (false alarms)."""
     collapsed = [r for r in group if r["collapsed"]]
-    warned_before = [r for r in collapsed if r["first_warning_step"] is not None
-                     and r["first_warning_step"] <= r["collapse_step"]]
-    leads = [r["collapse_step"] - r["first_warning_step"] for r in warned_before]
+    warned_before = [r for r in collapsed if r.get(signal) is not None and r[signal] <= r["collapse_step"]]
+    leads = [r["collapse_step"] - r[signal] for r in warned_before]
     stable = [r for r in group if not r["collapsed"]]
     return {"collapsed": len(collapsed), "warned_before": len(warned_before), "leads": leads,
-            "stable": len(stable), "false_alarms": sum(r["first_warning_step"] is not None for r in stable)}
+            "stable": len(stable), "false_alarms": sum(r.get(signal) is not None for r in stable)}
 
 
 # --- plots ---------------------------------------------------------------------------------------
@@ -447,15 +448,16 @@ def tests_table(groups: dict) -> list[str]:
 
 
 def early_warning_table(groups: dict) -> list[str]:
-    lines = ["| variant | collapsed runs | warned before collapsing | lead time (steps), median [range] | "
-             "runs without collapse | of which warned (false alarms) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| variant | signal | collapsed runs | signalled before collapsing | lead time (steps), median "
+             "[range] | runs without collapse | of which signalled (false alarms) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for variant, group in groups.items():
-        e = early_warning(finished(group))
-        lead = (f"{statistics.median(e['leads']):.0f} [{min(e['leads'])}, {max(e['leads'])}]"
-                if e["leads"] else "-")
-        lines.append(f"| {variant} | {e['collapsed']} | {e['warned_before']} | {lead} | {e['stable']} | "
-                     f"{e['false_alarms']} |")
+        for signal, name in (("first_warning_step", "first warning"), ("first_worsening_step", "a layer x1.25 worse")):
+            e = early_warning(finished(group), signal)
+            lead = (f"{statistics.median(e['leads']):.0f} [{min(e['leads'])}, {max(e['leads'])}]"
+                    if e["leads"] else "-")
+            lines.append(f"| {variant} | {name} | {e['collapsed']} | {e['warned_before']} | {lead} | {e['stable']} | "
+                         f"{e['false_alarms']} |")
     return lines
 
 
@@ -499,8 +501,10 @@ def report(rows: list[dict], curves: list[dict], out: Path, scalars: dict | None
         "`warned`: runs with at least one normalization-violated warning (sngan.health).", "",
         "## Pairwise tests (two-sided)", "", *tests_table(groups), "",
         "## Early warning", "",
-        "Lead time: collapse step minus the step of the run's first normalization-violated warning "
-        "(positive: the warning came first).", "", *early_warning_table(groups), "",
+        "Two signals from sngan.health, each against the run's first collapse: the first "
+        "normalization-violated warning (the variant's sigma signature), and the first time a layer that "
+        "had warned grew another 25% (a within-run change). Lead time: collapse step minus signal step.",
+        "", *early_warning_table(groups), "",
         warned_vs_collapse(rows), "",
         "## Runs that did not finish", "", *(problems or ["None: every run trained to its last step."]), "",
         "Plots: " + ", ".join(f"[{p}]({p})" for p in plots), ""])

@@ -56,6 +56,7 @@ class Health:
     variant: str
     warned_sigma: dict[str, float] = field(default_factory=dict)   # layer -> sigma it last warned at
     first_violation: int | None = None                              # step of the first sigma warning
+    worsenings: list[int] = field(default_factory=list)              # steps of repeat warnings (a layer x1.25)
     previous_sigma: dict[str, float] = field(default_factory=dict)   # layer -> sigma at the last reading
     worst_sigma: tuple[float, str, int] = (0.0, "", 0)               # (sigma, layer, step)
     best_quality: tuple[float, int] | None = None                    # (clean_rate or FID, step)
@@ -107,6 +108,8 @@ class Health:
             self.warned_sigma[name] = sigmas[name]
             if self.first_violation is None:
                 self.first_violation = step
+            if last is not None and (not self.worsenings or self.worsenings[-1] != step):
+                self.worsenings.append(step)
             again = f" (was {last:.2f} at its last warning)" if last is not None else ""
             warnings.append(
                 f"step {step}: normalization violated: {name}'s {kind} is {sigmas[name]:.2f}{again} where "

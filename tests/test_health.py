@@ -67,7 +67,7 @@ def test_a_layer_warns_again_only_when_clearly_worse():
     steps = _run(health, _readings("naive", [layers(1.6), layers(1.7), layers(1.95), layers(2.05), layers(1.5)]))
     lines = [(step, line) for step, _, warnings in steps for line in warnings]
     assert [(step, line.split("'s")[0].split()[-1]) for step, line in lines] == [(1, "conv1"), (1, "conv2"), (4, "conv1")]
-    assert "was 1.60 at its last warning" in lines[-1][1]
+    assert "was 1.60 at its last warning" in lines[-1][1] and health.worsenings == [4]
 
 
 def test_one_layer_above_the_limit_twice_in_a_row_warns():
