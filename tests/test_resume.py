@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,6 +176,16 @@ def test_resume_true_remembers_the_run_config(tmp_path):
     assert _state(run)["config"]["variant"]["name"] == "naive" and _state(run)["config"]["seed"] == 3
     recorded = OmegaConf.load(run / ".hydra" / "config.yaml")  # what the run goes on with, not the defaults
     assert recorded.variant.name == "naive" and recorded.seed == 3 and recorded.train.steps == 6
+
+    # an interrupted run (its last checkpoint at step 3), continued by `resume=true hydra.run.dir` alone
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(straight, interrupted)
+    shutil.copy(interrupted / "checkpoints" / "step_0000003.pt", interrupted / "checkpoints" / "last.pt")
+    (interrupted / "checkpoints" / "step_0000006.pt").unlink()
+    proc = run_cli(["resume=true", f"hydra.run.dir={interrupted}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from" in proc.stdout
+    assert_identical(_state(straight), _state(interrupted))
 
     refused = run_cli(["resume=true", "variant=reshaped", "optim.lr=0.01", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
