@@ -59,8 +59,8 @@ def header(cfg: DictConfig, run_dir: Path, G, D, device: torch.device, start: in
              f"G {_millions(G)}, D {_millions(D)} parameters | loss {cfg.loss.name} | seed {cfg.seed}",
              f"  {t.steps} steps, batch {t.batch_size}, n_dis {t.n_dis}, lr {o.lr:g}, betas ({o.beta1:g}, {o.beta2:g})"
              f" | {device}, {torch.get_num_threads()} threads (of {os.cpu_count()} cores)",
-             f"  logs every {cfg.log.every} steps, checkpoints every {cfg.ckpt.every} in "
-             f"{_shown(run_dir / 'checkpoints')}, samples in {_shown(run_dir / 'samples')}"]
+             f"  in the run folder: TensorBoard logs every {cfg.log.every} steps, checkpoints/ every "
+             f"{cfg.ckpt.every}, samples/ every {cfg.log.sample_every}, train.log"]
     lines += [f"  {name + ':':13s}{command}" for name, command in commands(run_dir).items()]
     return lines
 
