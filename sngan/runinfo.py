@@ -47,6 +47,10 @@ def commands(run_dir: Path) -> dict[str, str]:
             "evaluate": f"python -m sngan.evaluate {ckpt}"}
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _millions(module: torch.nn.Module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M"
 
@@ -58,7 +62,7 @@ def header(cfg: DictConfig, run_dir: Path, G, D, device: torch.device, start: in
              f"  variant {cfg.variant.name} | data {cfg.dataset.name} {res}x{res} | model {cfg.model.name}: "
              f"G {_millions(G)}, D {_millions(D)} parameters | loss {cfg.loss.name} | seed {cfg.seed}",
              f"  {t.steps} steps, batch {t.batch_size}, n_dis {t.n_dis}, lr {o.lr:g}, betas ({o.beta1:g}, {o.beta2:g})"
-             f" | {device}, {torch.get_num_threads()} threads (of {os.cpu_count()} cores)",
+             f" | {device}, {_count(torch.get_num_threads(), 'thread')} (of {os.cpu_count()} cores)",
              f"  in the run folder: TensorBoard logs every {cfg.log.every} steps, checkpoints/ every "
              f"{cfg.ckpt.every}, samples/ every {cfg.log.sample_every}, train.log"]
     lines += [f"  {name + ':':13s}{command}" for name, command in commands(run_dir).items()]
