@@ -3,6 +3,7 @@ gives the parsing, the defaults and the --help text."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from sngan.errors import UserError
@@ -17,7 +18,10 @@ def parse_args(argv: list[str], options: dict[str, tuple[str | None, str]], usag
         for key, (default, text) in options.items():
             shown = f"{key}={default if default is not None else key.upper()}"
             lines.append(f"  {shown:<{width}} {text}" + ("" if default is not None else " (required)"))
-        print("\n".join(lines))
+        try:
+            print("\n".join(lines), flush=True)
+        except BrokenPipeError:  # `--help | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     args = {key: default for key, (default, _) in options.items()}
     for item in argv:
