@@ -7,7 +7,8 @@
 The discriminator is built at init, normalized with --variant, and its power iteration is run to
 convergence (--warmup training-mode forwards, no weight update); each layer is then measured at its
 real input size: sigma/matrix is what spectral normalization controls, sigma/operator is the
-layer's true Lipschitz constant on that input.
+layer's true Lipschitz constant on that input, with its certified interval (sngan.sigma.
+operator_sigma_bounds) and the interval's relative gap upper / lower - 1.
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ def sigma_rows(model: str, resolution: int, d_ch: int, variant: str, *, warmup: 
         for _ in range(warmup):
             D(torch.randn(1, 3, resolution, resolution))
     scalars = sigma_scalars(D, sizes, tol=1e-6)
-    rows = [(name, sizes[name], scalars[f"sigma/matrix/{name}"], scalars[f"sigma/operator/{name}"])
-            for name in sizes]
-    return rows, scalars["sigma/lipschitz_bound"]
+    return _rows(sizes, scalars), (scalars["sigma/lipschitz_bound"], scalars["sigma/lipschitz_bound_upper"])
 
 
 def checkpoint_rows(ckpt: str):
@@ -44,18 +43,24 @@ def checkpoint_rows(ckpt: str):
     res = cfg.dataset.resolution
     sizes = layer_input_sizes(D, (3, res, res), "cpu")
     scalars = sigma_scalars(D, sizes, tol=1e-6)
-    rows = [(name, sizes[name], scalars[f"sigma/matrix/{name}"], scalars[f"sigma/operator/{name}"])
+    return _rows(sizes, scalars), (scalars["sigma/lipschitz_bound"], scalars["sigma/lipschitz_bound_upper"])
+
+
+def _rows(sizes: dict, scalars: dict) -> list[tuple]:
+    return [(name, sizes[name], *(scalars[f"sigma/{kind}/{name}"] for kind in
+                                  ("matrix", "operator", "operator_lower", "operator_upper")))
             for name in sizes]
-    return rows, scalars["sigma/lipschitz_bound"]
 
 
-def markdown(rows, bound: float) -> str:
-    lines = ["| layer | input | sigma/matrix | sigma/operator | operator / matrix |",
-             "| --- | --- | ---: | ---: | ---: |"]
-    for name, size, mat, op in rows:
+def markdown(rows, bounds: tuple[float, float]) -> str:
+    lines = ["| layer | input | sigma/matrix | sigma/operator | operator / matrix | certified interval | gap |",
+             "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
+    for name, size, mat, op, lower, upper in rows:
         shown = "x".join(map(str, size)) if size else "vector"
-        lines.append(f"| {name} | {shown} | {mat:.4f} | {op:.4f} | {op / mat:.3f} |")
-    lines.append(f"\nProduct of the operator sigmas (bound on D's Lipschitz constant): {bound:.2f}")
+        lines.append(f"| {name} | {shown} | {mat:.4f} | {op:.4f} | {op / mat:.3f} | [{lower:.4f}, {upper:.4f}] "
+                     f"| {upper / lower - 1:.2%} |")
+    lines.append(f"\nProduct of the operator sigmas (D's Lipschitz bound): {bounds[0]:.2f}; of their certified "
+                 f"upper bounds: {bounds[1]:.2f}")
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from sngan.sigma import effective_weight, matrix_sigma, operator_sigma
+from sngan.sigma import effective_weight, matrix_sigma, operator_sigma_interval
 from sngan.spectral import normalized_layers, reshape_dim
 
 
@@ -57,15 +57,22 @@ def layer_input_sizes(D: nn.Module, image_shape: tuple[int, ...], device) -> dic
 
 def sigma_scalars(D: nn.Module, input_sizes: dict[str, tuple[int, ...] | None], *,
                   tol: float = 1e-4) -> dict[str, float]:
-    """sigma/matrix/<layer>, sigma/operator/<layer> and their product sigma/lipschitz_bound."""
+    """Per layer sigma/matrix/<layer>, sigma/operator/<layer> and its certified interval
+    sigma/operator_lower/<layer>, sigma/operator_upper/<layer>; the products sigma/lipschitz_bound
+    (of the estimates) and sigma/lipschitz_bound_upper (of the upper bounds: for a plain chain of
+    layers with 1-Lipschitz activations, a certified bound on D's Lipschitz constant)."""
     scalars: dict[str, float] = {}
-    bound = 1.0
+    bound = bound_upper = 1.0
     for name, layer in normalized_layers(D):
         scalars[f"sigma/matrix/{name}"] = matrix_sigma(effective_weight(layer), reshape_dim(layer))
-        op = operator_sigma(layer, input_sizes[name], tol=tol)
+        op, lower, upper = operator_sigma_interval(layer, input_sizes[name], tol=tol)
         scalars[f"sigma/operator/{name}"] = op
+        scalars[f"sigma/operator_lower/{name}"] = lower
+        scalars[f"sigma/operator_upper/{name}"] = upper
         bound *= op
+        bound_upper *= upper
     scalars["sigma/lipschitz_bound"] = bound
+    scalars["sigma/lipschitz_bound_upper"] = bound_upper
     return scalars
 
 

@@ -79,7 +79,14 @@ def gram_apply(fn: LinearMap, weight: Tensor, x: Tensor) -> Tensor:
 
 def top_singular_value(fn: LinearMap, weight: Tensor, shape: Sequence[int], *,
                        max_iter: int = 1000, tol: float = 1e-6, seed: int = 0) -> float:
-    """Largest singular value of x -> fn(x, weight) on inputs of `shape`, by Lanczos on A^T A.
+    """Largest singular value of x -> fn(x, weight) on inputs of `shape` (see top_singular_pair)."""
+    return top_singular_pair(fn, weight, shape, max_iter=max_iter, tol=tol, seed=seed)[0]
+
+
+def top_singular_pair(fn: LinearMap, weight: Tensor, shape: Sequence[int], *,
+                      max_iter: int = 1000, tol: float = 1e-6, seed: int = 0) -> tuple[float, Tensor]:
+    """(largest singular value, its right singular vector as a flat float64 tensor) of
+    x -> fn(x, weight) on inputs of `shape`, by Lanczos on A^T A.
 
     Lanczos with full re-orthogonalisation: the top singular values of a convolution on a finite
     grid are clustered, where plain power iteration needs thousands of steps to reach 1e-4. It
@@ -120,10 +127,10 @@ def top_singular_value(fn: LinearMap, weight: Tensor, shape: Sequence[int], *,
             theta = float(evals[-1])
             residual = float(beta * evecs[-1, -1].abs())
             if residual <= tol * abs(theta) or float(beta) <= 1e-12 * max(abs(theta), 1e-300):
-                return max(theta, 0.0) ** 0.5
+                return max(theta, 0.0) ** 0.5, basis[: k + 1].T @ evecs[:, -1]
             if used >= max_iter or k == restart - 1:
                 break
             betas.append(beta)
             q = w / beta
         q = basis[: len(alphas)].T @ evecs[:, -1]  # restart from the best Ritz vector
-    return max(theta, 0.0) ** 0.5
+    return max(theta, 0.0) ** 0.5, q

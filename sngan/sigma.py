@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from sngan.operators import input_shape, linear_map, top_singular_value
+from sngan.bounds import ROUNDING, conv_upper_bound
+from sngan.operators import input_shape, linear_map, top_singular_pair, top_singular_value
 from sngan.spectral import weight_matrix
 
 
@@ -49,3 +50,31 @@ def operator_sigma(layer: nn.Module, input_size: Sequence[int] | None, *, iters:
     weight = effective_weight(layer)
     return top_singular_value(linear_map(layer), weight, input_shape(layer, input_size),
                               max_iter=iters, tol=tol)
+
+
+def operator_sigma_bounds(layer: nn.Module, input_size: Sequence[int] | None, *, iters: int = 2000,
+                          tol: float = 1e-6) -> tuple[float, float]:
+    """(lower, upper): certified bounds on the layer's true operator norm on inputs of spatial size
+    `input_size` (see operator_sigma_interval)."""
+    _, lower, upper = operator_sigma_interval(layer, input_size, iters=iters, tol=tol)
+    return lower, upper
+
+
+def operator_sigma_interval(layer: nn.Module, input_size: Sequence[int] | None, *, iters: int = 2000,
+                            tol: float = 1e-6) -> tuple[float, float, float]:
+    """(estimate, lower, upper) of the layer's operator norm from one Lanczos run. Estimate: as
+    operator_sigma. Lower: ||A x|| / ||x|| of the Lanczos vector x, evaluated directly (never above
+    the norm). Upper: sngan.bounds (circular embedding, polyphase for strides). Linear and
+    Embedding layers: the exact matrix norm all three ways. Bounds widened by sngan.bounds.ROUNDING
+    for float64 rounding."""
+    weight = effective_weight(layer)
+    if isinstance(layer, (nn.Linear, nn.Embedding)):
+        exact = matrix_sigma(weight if isinstance(layer, nn.Linear) else weight.T)
+        return exact, exact * (1 - ROUNDING), exact * (1 + ROUNDING)
+    fn, shape = linear_map(layer), input_shape(layer, input_size)
+    w64 = weight.detach().to(torch.float64)
+    estimate, vector = top_singular_pair(fn, w64, shape, max_iter=iters, tol=tol)
+    x = vector.view(shape).to(w64.device)
+    with torch.no_grad():
+        lower = float(fn(x, w64).norm() / x.norm())
+    return estimate, lower * (1 - ROUNDING), conv_upper_bound(layer, weight, input_size)

@@ -74,9 +74,15 @@ def test_cli_run_writes_tensorboard_samples_and_checkpoint(tmp_path):
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
     scalars = read_scalars(run)
     for tag in ("loss/d", "loss/g", "D/real", "D/fake", "sigma/matrix/conv1", "sigma/operator/conv1",
+                "sigma/operator_lower/conv1", "sigma/operator_upper/conv1", "sigma/lipschitz_bound_upper",
                 "sigma/lipschitz_bound", "lipschitz/grad_norm", "grad_norm/d", "lr/g",
                 "perf/img_per_s", "metrics/clean_rate", "metrics/modes_covered", "metrics/kl_uniform"):
         assert [s for s, _ in scalars[tag]] == [2, 4], tag
+    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc"):  # the certified interval holds the estimate
+        lower, estimate, upper = (scalars[f"sigma/{kind}/{layer}"][-1][1]
+                                  for kind in ("operator_lower", "operator", "operator_upper"))
+        assert lower <= estimate * (1 + 1e-6) and estimate <= upper * (1 + 1e-6), layer
+    assert scalars["sigma/lipschitz_bound_upper"][-1][1] >= scalars["sigma/lipschitz_bound"][-1][1]
     state = _final_state(run)
     assert state["step"] == 4 and state["config"]["variant"]["name"] == "reshaped"
 
