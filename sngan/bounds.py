@@ -120,11 +120,15 @@ def _largest_dft_norm(kernel: Tensor, grid: Sequence[int], groups: int, group_in
     for offset in torch.cartesian_prod(*[torch.arange(0, k, g) for k, g in zip(kernel.shape[2:], grid)]).view(-1, dims):
         part = kernel[(slice(None), slice(None), *(slice(int(o), int(o) + g) for o, g in zip(offset, grid)))]
         folded[(slice(None), slice(None), *(slice(0, s) for s in part.shape[2:]))] += part
-    symbol = torch.fft.fftn(folded, dim=tuple(range(2, 2 + dims)))
+    # A real kernel's symbol at -w is the conjugate of that at w (same singular values): the real
+    # FFT's half of the frequencies suffices. The largest eigenvalue of the smaller Gram matrix is
+    # the squared norm, about twice as fast as an SVD (eigvalsh is backward stable: ~1e-13 relative).
+    symbol = torch.fft.rfftn(folded, dim=tuple(range(2, 2 + dims)))
     c_out = kernel.shape[0] // groups
     best = 0.0
     for g in range(groups):
         block = symbol[g * c_out:(g + 1) * c_out, :group_in]
         block = block.permute(*range(2, 2 + dims), 0, 1).reshape(-1, c_out, group_in)
-        best = max(best, float(torch.linalg.matrix_norm(block, ord=2).max()))
+        gram = block.mH @ block if group_in <= c_out else block @ block.mH
+        best = max(best, float(torch.linalg.eigvalsh(gram)[..., -1].max().clamp(min=0).sqrt()))
     return best
