@@ -1,7 +1,8 @@
 """Metrics of a checkpoint: `python -m sngan.evaluate ckpt=PATH [n=10000] [seed=RUN'S SEED] [key=value ...]`.
 
-Always: D's per-layer sigma/matrix and sigma/operator at the layers' real input sizes and their
-product. Synthetic data: the oracle metrics. Real data: FID, IS and KID through torch-fidelity
+Always: D's per-layer sigma/matrix and sigma/operator at the layers' real input sizes, the
+certified interval around each operator norm (sigma/operator_lower, _upper, and the relative gap
+sigma/operator_gap = upper / lower - 1) and the products. Synthetic data: the oracle metrics. Real data: FID, IS and KID through torch-fidelity
 (`metrics.inception_weights=PATH` for offline weights; the real data's statistics are cached
 under `metrics.cache_root`). Samples come from the EMA generator when the run kept one, from z
 drawn exactly as the trainer draws its evaluation z: with n=log.n_eval and the run's seed (the
@@ -58,7 +59,10 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int | None = None, device: str 
     result = {"checkpoint": str(path), "step": state["step"], "variant": cfg.variant.name,
               "dataset": cfg.dataset.name, "n": n, "z_seed": seed,
               "generator": "EMA of G" if ema is not None else "G"}
-    result.update(sigma_scalars(D, layer_input_sizes(D, (3, res, res), dev)))
+    sigmas = sigma_scalars(D, layer_input_sizes(D, (3, res, res), dev))
+    result.update(sigmas)
+    result.update({key.replace("operator_upper", "operator_gap"): upper / sigmas[key.replace("upper", "lower")] - 1
+                   for key, upper in sigmas.items() if key.startswith("sigma/operator_upper/")})
     oracle = getattr(dataset, "oracle", None)
     if oracle is not None:
         _, z = monitor_latents(seed, G.z_dim, n)

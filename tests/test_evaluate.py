@@ -80,6 +80,8 @@ def test_cli_prints_json_last_and_writes_it_beside_the_checkpoint(tmp_path):
         if key.startswith("sigma/operator/"):
             product *= value
     assert result["sigma/lipschitz_bound"] == pytest.approx(product)
+    assert result["sigma/operator_gap/conv1"] == pytest.approx(
+        result["sigma/operator_upper/conv1"] / result["sigma/operator_lower/conv1"] - 1)
 
 
 def test_evaluate_scores_the_very_images_the_trainer_scored(tmp_path, monkeypatch):
