@@ -2,9 +2,9 @@
 
 Always: D's per-layer sigma/matrix and sigma/operator at the layers' real input sizes, the
 certified interval around each operator norm (sigma/operator_lower, _upper, and the relative gap
-sigma/operator_gap = upper / lower - 1) and the products. Synthetic data: the oracle metrics. Real data: FID, IS and KID through torch-fidelity
-(`metrics.inception_weights=PATH` for offline weights; the real data's statistics are cached
-under `metrics.cache_root`). Samples come from the EMA generator when the run kept one, from z
+sigma/operator_gap = upper / lower - 1) and the products. Synthetic data: the oracle metrics.
+Real data: FID, IS and KID through torch-fidelity (`metrics.inception_weights=PATH` for offline
+weights; the real data's statistics are cached under `metrics.cache_root`). Samples come from the EMA generator when the run kept one, from z
 drawn exactly as the trainer draws its evaluation z: with n=log.n_eval and the run's seed (the
 defaults are n=10000 and the run's seed) the numbers are the ones TensorBoard shows for that step.
 Prints one JSON object as its last line and writes it beside the checkpoint, named by its step
