@@ -27,5 +27,6 @@ def test_bench_reports_every_variant_and_the_textbook_loop(tmp_path):
         assert row["s_per_iter"] > 0 and row["peak_memory_mb"] > 0
         assert row["img_per_s"] == pytest.approx(4 / row["s_per_iter"])
     assert 0 < result["diagnostics_share_at_log_every"] < 1
+    assert 0 < result["sigma_s"] < result["diagnostics_s"]
     assert "diagnostics:" in proc.stdout
     assert result["settings"]["amp"] and result["settings"]["channels_last"]
