@@ -31,8 +31,8 @@ from sngan.health import Health
 from sngan.metrics import check_feature_extractor, fidelity_metrics, real_stats_cache_name
 from sngan.models import build_discriminator, build_generator
 from sngan.monitor import Monitor, global_grad_norm, input_grad_norm, layer_input_sizes, sigma_scalars
-from sngan.spectral import apply_spectral_norm
 from sngan.runlock import run_lock
+from sngan.spectral import apply_spectral_norm
 from sngan.status import write_status
 from sngan.step import apply_speed_switches, gan_iteration
 
@@ -124,7 +124,8 @@ def wrap_for_speed_and_scale(cfg: DictConfig, G, D, device: torch.device, ctx: d
     return DDP(G, device_ids=ids, **no_forward_sync), DDP(D, device_ids=ids, **no_forward_sync)
 
 
-def load_resume_state(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -> tuple[dict | None, DictConfig]:
+def load_resume_state(cfg: DictConfig, run_dir: Path, overrides: list[str] | None,
+                      is_main: bool = True) -> tuple[dict | None, DictConfig]:
     """(the checkpoint this run continues from, the config it continues with), or (None, cfg) for a
     fresh run. A resume takes the saved run's config plus the resumable command-line overrides
     (cfg.resume: false | true | auto | a path). A folder that holds a run is never started over."""
@@ -138,7 +139,7 @@ def load_resume_state(cfg: DictConfig, run_dir: Path, overrides: list[str] | Non
     cfg = checkpoint.resume_config(state["config"], cfg, overrides, resume_from)
     check_config(cfg)
     record = run_dir / ".hydra" / "config.yaml"
-    if record.is_file():  # Hydra recorded the command's composition; the run goes on with this config
+    if is_main and record.is_file():  # Hydra recorded the command's composition; the run goes on with this one
         checkpoint.atomic_write_text(record, OmegaConf.to_yaml(cfg))
     state["resumed_from"] = resume_from
     return state, cfg
@@ -236,7 +237,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
 def train_locked(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, device: torch.device,
                  ctx: distributed.Context) -> dict[str, float]:
     """The run itself, while this process holds the run folder (see `train`)."""
-    saved, cfg = load_resume_state(cfg, run_dir, overrides)
+    saved, cfg = load_resume_state(cfg, run_dir, overrides, ctx.is_main)
     check_device_settings(cfg, device, ctx)
     if saved is not None and saved["step"] >= cfg.train.steps:
         log.info("%s is complete (step %d of train.steps=%d): nothing to do", run_dir, saved["step"],
