@@ -12,4 +12,6 @@ shift || true
 common=(-m hydra/launcher=joblib "hydra.sweep.dir=$SWEEP" resume=auto log.progress=false "$@")
 python -m sngan.train "${common[@]}" 'seed=range(16)' variant=naive,reshaped
 python -m sngan.train "${common[@]}" 'seed=range(8)' variant=none,builtin,operator
-python scripts/compare_variants.py --collect "$SWEEP" --out docs/results/seeds
+# Runs already in the committed report but no longer on disk (another machine, a fresh clone) stay in it.
+keep=(); [[ -f docs/results/seeds/runs.csv ]] && keep=(--add-csv docs/results/seeds)
+python scripts/compare_variants.py --collect "$SWEEP" "${keep[@]}" --out docs/results/seeds
