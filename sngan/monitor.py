@@ -56,16 +56,17 @@ def layer_input_sizes(D: nn.Module, image_shape: tuple[int, ...], device) -> dic
 
 
 def sigma_scalars(D: nn.Module, input_sizes: dict[str, tuple[int, ...] | None], *,
-                  tol: float = 1e-4) -> dict[str, float]:
+                  tol: float = 1e-4, vectors: dict | None = None) -> dict[str, float]:
     """Per layer sigma/matrix/<layer>, sigma/operator/<layer> and its certified interval
     sigma/operator_lower/<layer>, sigma/operator_upper/<layer>; the products sigma/lipschitz_bound
     (of the estimates) and sigma/lipschitz_bound_upper (of the upper bounds: for a plain chain of
-    layers with 1-Lipschitz activations, a certified bound on D's Lipschitz constant)."""
+    layers with 1-Lipschitz activations, a certified bound on D's Lipschitz constant). `vectors`:
+    Lanczos warm starts kept between calls by the caller (the Monitor)."""
     scalars: dict[str, float] = {}
     bound = bound_upper = 1.0
     for name, layer in normalized_layers(D):
         scalars[f"sigma/matrix/{name}"] = matrix_sigma(effective_weight(layer), reshape_dim(layer))
-        op, lower, upper = operator_sigma_interval(layer, input_sizes[name], tol=tol)
+        op, lower, upper = operator_sigma_interval(layer, input_sizes[name], tol=tol, vectors=vectors)
         scalars[f"sigma/operator/{name}"] = op
         scalars[f"sigma/operator_lower/{name}"] = lower
         scalars[f"sigma/operator_upper/{name}"] = upper
@@ -162,6 +163,7 @@ class Monitor:
         self.device, self.oracle, self.n_eval = device, oracle, n_eval
         self.fixed_z, self.eval_z = (z.to(device) for z in monitor_latents(seed, z_dim, n_eval, n_samples))
         self._last_time, self._last_step = time.perf_counter(), start_step
+        self.lanczos_vectors: dict = {}  # warm starts for the operator norms, never kept with the model
 
     def images_per_second(self, step: int, images_per_step: int) -> float:
         now = time.perf_counter()

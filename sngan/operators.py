@@ -83,10 +83,11 @@ def top_singular_value(fn: LinearMap, weight: Tensor, shape: Sequence[int], *,
     return top_singular_pair(fn, weight, shape, max_iter=max_iter, tol=tol, seed=seed)[0]
 
 
-def top_singular_pair(fn: LinearMap, weight: Tensor, shape: Sequence[int], *,
-                      max_iter: int = 1000, tol: float = 1e-6, seed: int = 0) -> tuple[float, Tensor]:
+def top_singular_pair(fn: LinearMap, weight: Tensor, shape: Sequence[int], *, max_iter: int = 1000,
+                      tol: float = 1e-6, seed: int = 0, start: Tensor | None = None) -> tuple[float, Tensor]:
     """(largest singular value, its right singular vector as a flat float64 tensor) of
-    x -> fn(x, weight) on inputs of `shape`, by Lanczos on A^T A.
+    x -> fn(x, weight) on inputs of `shape`, by Lanczos on A^T A; `start`, a previous vector
+    (a warm start: the weights moved little since), else a random one.
 
     Lanczos with full re-orthogonalisation: the top singular values of a convolution on a finite
     grid are clustered, where plain power iteration needs thousands of steps to reach 1e-4. It
@@ -99,8 +100,11 @@ def top_singular_pair(fn: LinearMap, weight: Tensor, shape: Sequence[int], *,
     for s in shape:
         n *= int(s)
     restart = min(n, 120)
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(n, generator=gen, dtype=torch.float64).to(weight.device)
+    if start is not None and start.numel() == n and float(start.norm()) > 0:
+        q = start.detach().to(device=weight.device, dtype=torch.float64).reshape(-1).clone()
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        q = torch.randn(n, generator=gen, dtype=torch.float64).to(weight.device)
 
     def matvec(v: Tensor) -> Tensor:
         return gram_apply(fn, weight, v.view(shape)).reshape(-1)

@@ -61,19 +61,24 @@ def operator_sigma_bounds(layer: nn.Module, input_size: Sequence[int] | None, *,
 
 
 def operator_sigma_interval(layer: nn.Module, input_size: Sequence[int] | None, *, iters: int = 2000,
-                            tol: float = 1e-6) -> tuple[float, float, float]:
+                            tol: float = 1e-6, vectors: dict | None = None) -> tuple[float, float, float]:
     """(estimate, lower, upper) of the layer's operator norm from one Lanczos run. Estimate: as
     operator_sigma. Lower: ||A x|| / ||x|| of the Lanczos vector x, evaluated directly (never above
     the norm). Upper: sngan.bounds (circular embedding, polyphase for strides). Linear and
     Embedding layers: the exact matrix norm all three ways. Bounds widened by sngan.bounds.ROUNDING
-    for float64 rounding."""
+    for float64 rounding. `vectors`: a dict the caller keeps between calls (never the model), in
+    which the Lanczos vector of this layer is kept as the next call's warm start."""
     weight = effective_weight(layer)
     if isinstance(layer, (nn.Linear, nn.Embedding)):
         exact = matrix_sigma(weight if isinstance(layer, nn.Linear) else weight.T)
         return exact, exact * (1 - ROUNDING), exact * (1 + ROUNDING)
     fn, shape = linear_map(layer), input_shape(layer, input_size)
     w64 = weight.detach().to(torch.float64)
-    estimate, vector = top_singular_pair(fn, w64, shape, max_iter=iters, tol=tol)
+    key = (id(layer), tuple(shape))
+    estimate, vector = top_singular_pair(fn, w64, shape, max_iter=iters, tol=tol,
+                                         start=vectors.get(key) if vectors is not None else None)
+    if vectors is not None:
+        vectors[key] = vector
     x = vector.view(shape).to(w64.device)
     with torch.no_grad():
         lower = float(fn(x, w64).norm() / x.norm())

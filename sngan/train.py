@@ -206,7 +206,7 @@ def diagnostics(it, G, D, scheds: tuple, monitor: Monitor, input_sizes: dict, st
               "lr/d": sched_d.get_last_lr()[0], "lr/g": sched_g.get_last_lr()[0],
               "perf/img_per_s": monitor.images_per_second(step, images_per_step)}
     values["lipschitz/grad_norm"] = 0.5 * (input_grad_norm(D, it.real) + input_grad_norm(D, it.fake))
-    values.update(sigma_scalars(D, input_sizes))
+    values.update(sigma_scalars(D, input_sizes, vectors=monitor.lanczos_vectors))
     return values
 
 

@@ -202,3 +202,21 @@ def test_the_gap_is_small_where_the_input_is_large():
                 layer(torch.randn(1, c_in, size, size))
         lower, upper = operator_sigma_bounds(layer, (size, size))
         assert upper / lower - 1 < 0.01, (c_in, c_out, size, lower, upper)
+
+
+def test_a_warm_start_reaches_the_cold_start_value():
+    """The monitor restarts Lanczos from the previous log's vector: same value, to the tolerance."""
+    from sngan.sigma import operator_sigma_interval
+
+    torch.manual_seed(0)
+    layer = nn.Conv2d(16, 16, 3, padding=1)
+    vectors: dict = {}
+    first = operator_sigma_interval(layer, (12, 12), vectors=vectors)
+    assert first == operator_sigma_interval(layer, (12, 12))  # the first call starts cold
+    with torch.no_grad():
+        layer.weight.add_(1e-2 * torch.randn_like(layer.weight))  # a few updates later
+    warm = operator_sigma_interval(layer, (12, 12), vectors=vectors)
+    cold = operator_sigma_interval(layer, (12, 12))
+    exact = dense_sigma(layer, (12, 12))
+    assert warm[0] == pytest.approx(cold[0], rel=1e-6) and warm[0] == pytest.approx(exact, rel=1e-6)
+    assert warm[1] <= exact * (1 + 1e-9) and warm[2] == cold[2]
