@@ -20,7 +20,7 @@ def test_a_run_introduces_itself_and_its_commands_work(tmp_path):
     assert proc.returncode == 0, proc.stderr
     log = (run / "train.log").read_text()
     for text in ("sngan run (new run): outputs/seed=0,variant=naive", "variant naive | data synthetic 16x16",
-                 "model cnn: G ", "4 steps, batch 8, n_dis 5", "threads", "checkpoints/ every 250, samples/ every 4",
+                 "model cnn: G ", "4 steps, batch 8, n_dis 5", "thread", "checkpoints/ every 250, samples/ every 4",
                  "done at step 4: clean_rate", "health: normalization"):
         assert text in log, text
     # train.log holds every line the console shows (the bar aside), with time and level
