@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from omegaconf import DictConfig
 
@@ -32,8 +34,8 @@ def check_config(cfg: DictConfig) -> None:
     _require(isinstance(cfg.dataset.num_workers, int) and cfg.dataset.num_workers >= 0,
              f"dataset.num_workers must be an integer >= 0, got {cfg.dataset.num_workers!r}")
     lr = cfg.optim.lr
-    _require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0,
-             f"optim.lr must be a positive number, got {lr!r}")
+    _require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
+             f"optim.lr must be a positive finite number, got {lr!r}")
     for key in ("beta1", "beta2"):
         beta = cfg.optim[key]
         _require(isinstance(beta, (int, float)) and 0 <= beta < 1,
@@ -44,8 +46,8 @@ def check_config(cfg: DictConfig) -> None:
     _require(isinstance(decay, (int, float)) and 0 <= decay < 1,
              f"train.ema_decay must be in [0, 1) (0 = off), got {decay!r}")
     noise = cfg.train.instance_noise
-    _require(isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise >= 0,
-             f"train.instance_noise must be a number >= 0, got {noise!r}")
+    _require(isinstance(noise, (int, float)) and not isinstance(noise, bool) and math.isfinite(noise) and noise >= 0,
+             f"train.instance_noise must be a finite number >= 0, got {noise!r}")
     for key in ("amp", "compile", "channels_last", "cudnn_benchmark"):
         _require(isinstance(cfg.train[key], bool), f"train.{key} must be true or false, got {cfg.train[key]!r}")
     _require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),

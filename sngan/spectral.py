@@ -63,7 +63,8 @@ class _NaiveSpectralNorm:
     4. No gradient through sigma: the optimizer never sees the normalization, and its update can
        push the real sigma up between divisions.
     `u` lives in the buffer `naive_u` so that a resumed run keeps the same fixed vector. Like the
-    other variants it does nothing in eval mode, so a diagnostic forward changes no weight.
+    other variants it does nothing in eval mode, so a diagnostic forward changes no weight. It is
+    the recipe as written, with its edge cases: an all-zero weight gives sigma_hat 0 and NaN.
     """
 
     def __init__(self, eps: float):
@@ -114,7 +115,7 @@ class _ReshapedSpectralNorm(nn.Module):
             u = self._u.clone(memory_format=torch.contiguous_format)
             v = self._v.clone(memory_format=torch.contiguous_format)
             sigma = torch.dot(u, mat @ v)
-            return weight / sigma
+            return weight / sigma.clamp_min(self.eps)  # an all-zero weight stays zero, not NaN
 
 
 class _OperatorSpectralNorm(nn.Module):
@@ -186,7 +187,7 @@ class _OperatorSpectralNorm(nn.Module):
                 self._power_iteration(weight.detach(), self.n_power_iterations)
             x = self._x.clone(memory_format=torch.contiguous_format)
             sigma = self.fn(x, weight).norm()
-            return weight / sigma
+            return weight / sigma.clamp_min(self.eps)  # an all-zero weight stays zero, not NaN
 
 
 def _normalize_layer(layer: nn.Module, variant: str, n_power_iterations: int, eps: float) -> None:
@@ -231,6 +232,16 @@ def apply_spectral_norm(module: nn.Module, variant: str, *, n_power_iterations: 
         raise ValueError(f"unknown spectral-norm variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if variant == "none":
         return module
+    unsupported = [name or type(m).__name__ for name, m in module.named_modules()
+                   if not isinstance(m, (*SUPPORTED, parametrize.ParametrizationList))
+                   and any(p.dim() >= 2 for p in m.parameters(recurse=False))]
+    if unsupported:  # a weight matrix the switch would silently leave unnormalized
+        raise ValueError(f"spectral norm cannot normalize {', '.join(unsupported)} (supported: "
+                         + ", ".join(t.__name__ for t in SUPPORTED) + ")")
+    complex_layers = [name or type(m).__name__ for name, m in normalized_layers(module)
+                      if m._parameters.get("weight") is not None and m._parameters["weight"].is_complex()]
+    if complex_layers:
+        raise ValueError(f"spectral norm of complex weights is not supported: {', '.join(complex_layers)}")
     for name, layer in normalized_layers(module):
         if is_normalized(layer):
             raise ValueError(f"layer {name or type(layer).__name__!r} is already normalized")

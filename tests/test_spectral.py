@@ -328,3 +328,30 @@ def test_operator_weight_read_before_first_forward_is_a_clear_error():
     layer = apply_spectral_norm(nn.Conv2d(3, 8, 3), "operator")
     with pytest.raises(RuntimeError, match="before its first forward"):
         layer.weight
+
+
+# --- edge cases -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["reshaped", "operator"])
+def test_an_all_zero_weight_stays_zero_not_nan(variant):
+    layer = nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        layer.weight.zero_()
+    apply_spectral_norm(layer, variant)
+    out = layer(torch.randn(2, 3, 6, 6))
+    assert torch.isfinite(out).all() and torch.all(layer.weight == 0)
+    out.sum().backward()  # and the gradient is finite too
+    assert torch.isfinite(layer.parametrizations.weight.original.grad).all()
+
+
+def test_complex_weights_are_refused():
+    with pytest.raises(ValueError, match="complex weights"):
+        apply_spectral_norm(nn.Linear(4, 3, dtype=torch.complex64), "reshaped")
+
+
+def test_a_weight_matrix_of_an_unsupported_layer_is_refused_by_name():
+    D = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    D.add_module("pair", nn.Bilinear(4, 4, 1))
+    with pytest.raises(ValueError, match="cannot normalize pair"):
+        apply_spectral_norm(D, "reshaped")
+    apply_spectral_norm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), "reshaped")  # 1-d weights: fine

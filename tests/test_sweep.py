@@ -64,9 +64,9 @@ def test_failed_and_diverged_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
                     "log.every=2", "train.steps=4", "optim.lr=-1,1e30,0.001"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     output = proc.stdout + proc.stderr
-    assert "ERROR: optim.lr must be a positive number, got -1" in output and "Traceback" not in output
+    assert "ERROR: optim.lr must be a positive finite number, got -1" in output and "Traceback" not in output
     assert _status(_job(sweep, "optim.lr=-1")) == {"status": "failed",
-                                                   "reason": "optim.lr must be a positive number, got -1"}
+                                                   "reason": "optim.lr must be a positive finite number, got -1"}
     diverged = _status(_job(sweep, "optim.lr=1e+30"))
     assert diverged["status"] == "diverged" and diverged["step"] == 2 and "non-finite loss" in diverged["reason"]
     assert _status(_job(sweep, "optim.lr=0.001"))["status"] == "ok"

@@ -186,6 +186,8 @@ def test_trains_on_a_celeba_folder_of_jpegs_from_the_cli(tmp_path):
     (["train.batch_size=0"], "train.batch_size"),
     (["train.n_dis=0"], "train.n_dis"),
     (["optim.lr=-0.1"], "optim.lr"),
+    (["optim.lr=inf"], "optim.lr must be a positive finite number"),
+    (["train.instance_noise=nan"], "train.instance_noise must be a finite number"),
     (["optim.lrr=0.1"], "lrr"),
     (["resume=true"], "nothing to resume"),
     (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], "device"),
