@@ -194,6 +194,7 @@ def test_resume_true_remembers_the_run_config(tmp_path):
     assert again.returncode == 0 and "is complete (step 6 of train.steps=6)" in (run / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_a_busy_run_folder_stops_at_once(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

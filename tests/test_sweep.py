@@ -28,6 +28,7 @@ def _job(sweep, override):
     return found[0]
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_relaunched_finishes_every_run_once(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep}", "resume=auto",
