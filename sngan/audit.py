@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from sngan import checkpoint
 from sngan.errors import UserError
 from sngan.operators import SUPPORTED
 from sngan.sigma import effective_weight, matrix_sigma, operator_sigma_bounds
@@ -58,15 +59,11 @@ def load_model(target: str, state_dict: str | None) -> tuple[nn.Module, tuple[in
     path = Path(target)
     if not path.exists():
         raise UserError(f"{target} is neither an existing file or folder nor an import path MODULE:NAME")
-    if path.is_dir() or _is_sngan_checkpoint(path):
-        from sngan import checkpoint
-        from sngan.train import restore_models
-
-        cfg, _, D, _ = restore_models(checkpoint.load(checkpoint.locate(path)), torch.device("cpu"))
-        return D, (3, cfg.dataset.resolution, cfg.dataset.resolution)
+    if path.is_dir():
+        path = checkpoint.locate(path)
     try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a TorchScript archive, a state dict, garbage
+        loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a TorchScript archive, garbage
         try:
             torch.jit.load(str(path), map_location="cpu")
         except Exception:
@@ -74,18 +71,15 @@ def load_model(target: str, state_dict: str | None) -> tuple[nn.Module, tuple[in
                             "module with torch.save(model, path), or give MODULE:NAME") from None
         raise UserError(f"{path} is a TorchScript module, whose layers take no forward hooks: audit the "
                         "Python module it was scripted from (MODULE:NAME with --state-dict)") from None
-    if not isinstance(model, nn.Module):
-        raise UserError(f"{path} holds a {type(model).__name__}, not a whole module: give MODULE:NAME of its "
+    if isinstance(loaded, dict) and loaded.get("format") == checkpoint.FORMAT:  # this project's checkpoint
+        from sngan.train import restore_models
+
+        cfg, _, D, _ = restore_models(loaded, torch.device("cpu"))
+        return D, (3, cfg.dataset.resolution, cfg.dataset.resolution)
+    if not isinstance(loaded, nn.Module):
+        raise UserError(f"{path} holds a {type(loaded).__name__}, not a whole module: give MODULE:NAME of its "
                         "class with --state-dict")
-    return model, None
-
-
-def _is_sngan_checkpoint(path: Path) -> bool:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        return False
-    return isinstance(state, dict) and str(state.get("format", "")).startswith("sngan-checkpoint")
+    return loaded, None
 
 
 def normalization_of(layer: nn.Module) -> str:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sngan.operators import CONVS, TRANSPOSED_CONVS
+from sngan.operators import CONVS, TRANSPOSED_CONVS, input_shape, linear_map
 
 # Floating-point safety: the DFT and the small SVDs run in float64 (relative error ~1e-15).
 ROUNDING = 1e-9
@@ -48,10 +48,8 @@ def conv_upper_bound(layer: nn.Module, weight: Tensor, input_size: Sequence[int]
     if isinstance(layer, TRANSPOSED_CONVS):
         # The adjoint is the convolution with the same weight, from the transposed conv's output grid.
         with torch.no_grad():
-            out = F.conv_transpose1d if len(size) == 1 else F.conv_transpose2d if len(size) == 2 else F.conv_transpose3d
-            probe = torch.zeros(1, layer.in_channels, *size, dtype=torch.float64)
-            size = list(out(probe, weight, None, layer.stride, layer.padding, layer.output_padding, groups,
-                            layer.dilation).shape[2:])
+            probe = torch.zeros(input_shape(layer, size), dtype=torch.float64)
+            size = list(linear_map(layer)(probe, weight).shape[2:])
         return _zero_padded_bound(weight, size, stride, dilation, groups) * (1 + ROUNDING)
     if not isinstance(layer, CONVS):
         raise TypeError(f"no convolution bound for {type(layer).__name__}")

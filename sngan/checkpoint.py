@@ -9,6 +9,7 @@ old file or the new one, never a torn one.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import re
@@ -43,37 +44,36 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to `path` through a temporary file in the same folder, fsynced, then os.replace."""
+def atomic_write(path: Path, write) -> None:
+    """`write(f)` into a temporary file in `path`'s folder (binary), fsynced, then os.replace over
+    `path`, and the rename itself made durable: a kill at any instant leaves the old file or the new."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
+def atomic_save(obj: dict, path: Path) -> None:
+    """torch.save to `path` atomically (see atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Replace a small text file atomically (temporary file in the same folder, then os.replace)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace a small text file atomically (see atomic_write)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save(ckpt_dir: Path, state: dict, *, keep: int) -> Path:
@@ -191,7 +191,8 @@ def resume_config(saved: dict, current: DictConfig, overrides: list[str] | None,
     """The config a resumed run continues with: the saved run's, plus the resumable keys the command
     line set. A command-line override of any other key that differs from the saved run is refused,
     naming the keys. `overrides` None (a direct caller): every key of `current` counts as set."""
-    differing = config_differences(saved, OmegaConf.to_container(current, resolve=True))
+    current_dict = OmegaConf.to_container(current, resolve=True)
+    differing = config_differences(saved, current_dict)
     refused = differing if overrides is None else [k for k in differing if _overridden(k, overrides)]
     if refused:
         raise UserError(f"cannot resume {source}: these settings differ from the saved run: {', '.join(refused)} "
@@ -199,13 +200,13 @@ def resume_config(saved: dict, current: DictConfig, overrides: list[str] | None,
                         "change: drop those overrides, or start a new run)")
     # Keys added since the checkpoint was written take today's defaults: fill them in from `current`,
     # except inside a config group that chose another option (its keys are that option's).
-    defaults = OmegaConf.to_container(current, resolve=True)
+    defaults = copy.deepcopy(current_dict)
     for group in ("variant", "dataset", "model", "loss"):
         if isinstance(saved.get(group), dict) and saved[group].get("name") != defaults.get(group, {}).get("name"):
             defaults[group] = {}
     merged = OmegaConf.merge(OmegaConf.create(defaults), saved)
     saved_flat = _flatten(saved)
-    for key, value in _flatten(OmegaConf.to_container(current, resolve=True)).items():
+    for key, value in _flatten(current_dict).items():
         if resumable(key, saved_flat) and (overrides is None or _overridden(key, overrides) or key in _THIS_COMMAND):
             OmegaConf.update(merged, key, value, merge=False)
     OmegaConf.set_struct(merged, True)
