@@ -423,7 +423,10 @@ def variant_table(groups: dict) -> list[str]:
         counts = [sum(r["status"] == s for r in group) for s in ("failed", "diverged", "incomplete")]
         ok = sum(r["status"] == "ok" for r in group)
         k = sum(r["collapsed"] for r in done)
-        rate = f"{k / len(done):.2f} [{wilson(k, len(done))[0]:.2f}, {wilson(k, len(done))[1]:.2f}]" if done else "-"
+        rate = "-"
+        if done:
+            low, high = wilson(k, len(done))
+            rate = f"{k / len(done):.2f} [{low:.2f}, {high:.2f}]"
         warned = sum(r["first_warning_step"] is not None for r in done)
         med = lambda key: _f(statistics.median(_values(done, key))) if _values(done, key) else "-"
         lines.append(f"| {variant} | {len(group)} ({ok}) | {' / '.join(map(str, counts))} | {k} / {len(done)} | "
