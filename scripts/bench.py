@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from sngan.models import build_discriminator, build_generator
-from sngan.monitor import input_grad_norm, layer_input_sizes, sigma_scalars
+from sngan.monitor import GRAD_NORM_SAMPLES, input_grad_norm, layer_input_sizes, sigma_scalars
 from sngan.spectral import VARIANTS, apply_spectral_norm, normalized_layers
 from sngan.step import apply_speed_switches, gan_iteration
 
@@ -89,25 +89,39 @@ def seconds_per_iteration(run, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def diagnostics_seconds(args, device: torch.device) -> tuple[float, float]:
+def diagnostics_seconds(args, device: torch.device) -> tuple[float, float, float]:
     """(one round of the trainer's per-log diagnostics, its sigma part alone: per-layer sigmas and
-    certified intervals) on a `reshaped` D, each the best of `repeats`."""
+    certified intervals, each the best of `repeats`; the first round's sigma part) on a `reshaped`
+    D. As in the trainer, every round after the first starts its iterative solvers from the previous
+    round's vectors, with `steps` training iterations in between (the trainer has log.every), and
+    the input-gradient norms take GRAD_NORM_SAMPLES real and as many fake images."""
     run, (G, D) = make_runner(args, "reshaped", device)
     run()
     sizes = layer_input_sizes(D, (3, args.resolution, args.resolution), device)
-    real = torch.rand(args.batch, 3, args.resolution, args.resolution, device=device) * 2 - 1
+    n = GRAD_NORM_SAMPLES
+    real = torch.rand(n, 3, args.resolution, args.resolution, device=device) * 2 - 1
+    with torch.no_grad():
+        fake = G(torch.randn(n, G.z_dim, device=device))
+    vectors: dict = {}
+    sync(device)
+    start = time.perf_counter()
+    sigma_scalars(D, sizes, vectors=vectors)
+    sync(device)
+    first = time.perf_counter() - start
     rounds, sigmas = [], []
     for _ in range(args.repeats):  # best of, like the iteration times
+        for _ in range(args.steps):
+            run()
         sync(device)
         start = time.perf_counter()
-        sigma_scalars(D, sizes)
+        sigma_scalars(D, sizes, vectors=vectors)
         sync(device)
         sigmas.append(time.perf_counter() - start)
         input_grad_norm(D, real)
-        input_grad_norm(D, real)
+        input_grad_norm(D, fake)
         sync(device)
         rounds.append(time.perf_counter() - start)
-    return min(rounds), min(sigmas)
+    return min(rounds), min(sigmas), first
 
 
 def peak_memory_mb(args, variant: str) -> float:
@@ -162,7 +176,7 @@ def main() -> None:
         for name in names:
             times[name].append(seconds_per_iteration(runners[name], args.steps, device))
     best = {name: min(t) for name, t in times.items()}
-    diag, sigma_s = diagnostics_seconds(args, device)
+    diag, sigma_s, sigma_first_s = diagnostics_seconds(args, device)
     images = args.batch * args.n_dis
     rows = []
     for name in names:
@@ -172,13 +186,15 @@ def main() -> None:
                      "peak_memory_mb": peak_memory_mb(args, name)})
     result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "settings": {k: v for k, v in vars(args).items() if k not in ("json", "memory_of")},
-              "rows": rows, "diagnostics_s": diag, "sigma_s": sigma_s,
+              "rows": rows, "diagnostics_s": diag, "sigma_s": sigma_s, "sigma_first_round_s": sigma_first_s,
+              "diagnostics_vs_none": diag / best["none"], "sigma_vs_none": sigma_s / best["none"],
               "diagnostics_share_at_log_every": diag / (diag + args.log_every * best["reshaped"])}
     print(f"{'config':<10} {'s/iter':>8} {'vs none':>8} {'img/s':>8} {'peak MB':>8}")
     for r in rows:
         print(f"{r['config']:<10} {r['s_per_iter']:>8.4f} {r['vs_none']:>8.3f} {r['img_per_s']:>8.1f} "
               f"{r['peak_memory_mb']:>8.0f}")
-    print(f"diagnostics: {diag:.3f} s per log (sigmas and intervals {sigma_s:.3f} s) = "
+    print(f"diagnostics: {diag:.3f} s per log = {diag / best['none']:.2f} `none` iterations (sigmas and "
+          f"intervals {sigma_s:.3f} s = {sigma_s / best['none']:.2f}; the first, cold round's {sigma_first_s:.3f} s) = "
           f"{100 * result['diagnostics_share_at_log_every']:.1f}% of a run logged every {args.log_every} iterations")
     if args.json:
         with open(args.json, "w") as f:

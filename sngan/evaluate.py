@@ -59,7 +59,7 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int | None = None, device: str 
     result = {"checkpoint": str(path), "step": state["step"], "variant": cfg.variant.name,
               "dataset": cfg.dataset.name, "n": n, "z_seed": seed,
               "generator": "EMA of G" if ema is not None else "G"}
-    sigmas = sigma_scalars(D, layer_input_sizes(D, (3, res, res), dev))
+    sigmas = sigma_scalars(D, layer_input_sizes(D, (3, res, res), dev), tol=1e-6)
     result.update(sigmas)
     result.update({key.replace("operator_upper", "operator_gap"): upper / sigmas[key.replace("upper", "lower")] - 1
                    for key, upper in sigmas.items() if key.startswith("sigma/operator_upper/")})

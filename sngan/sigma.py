@@ -33,10 +33,17 @@ def effective_weight(layer: nn.Module) -> Tensor:
             p.training = mode
 
 
-def matrix_sigma(weight: Tensor, dim: int = 0) -> float:
-    """Exact largest singular value of the kernel reshaped to (weight.shape[dim], rest)."""
+def matrix_sigma(weight: Tensor, dim: int = 0, *, vectors: dict | None = None, key=None) -> float:
+    """Largest singular value of the kernel reshaped to (weight.shape[dim], rest): exact (a dense
+    SVD), or, with `vectors` (a dict the caller keeps between calls, never the model), by Lanczos
+    from the previous call's vector under `key`, to 5e-9 relative: the same number, without the
+    SVD's cost at every log."""
     mat = weight_matrix(weight.detach().to(torch.float64), dim)
-    return float(torch.linalg.matrix_norm(mat, ord=2))
+    if vectors is None:
+        return float(torch.linalg.matrix_norm(mat, ord=2))
+    sigma, vectors[key] = top_singular_pair(lambda x, w: x @ w.T, mat, (1, mat.shape[1]), tol=1e-8,
+                                            start=vectors.get(key))
+    return sigma
 
 
 def operator_sigma(layer: nn.Module, input_size: Sequence[int] | None, *, iters: int = 2000,
@@ -67,7 +74,8 @@ def operator_sigma_interval(layer: nn.Module, input_size: Sequence[int] | None, 
     the norm). Upper: sngan.bounds (circular embedding, polyphase for strides). Linear and
     Embedding layers: the exact matrix norm all three ways. Bounds widened by sngan.bounds.ROUNDING
     for float64 rounding. `vectors`: a dict the caller keeps between calls (never the model), in
-    which the Lanczos vector of this layer is kept as the next call's warm start."""
+    which the Lanczos vector of this layer (and the bound's start vectors) are kept as the next
+    call's warm start."""
     weight = effective_weight(layer)
     if isinstance(layer, (nn.Linear, nn.Embedding)):
         exact = matrix_sigma(weight if isinstance(layer, nn.Linear) else weight.T)
@@ -75,11 +83,14 @@ def operator_sigma_interval(layer: nn.Module, input_size: Sequence[int] | None, 
     fn, shape = linear_map(layer), input_shape(layer, input_size)
     w64 = weight.detach().to(torch.float64)
     key = (id(layer), tuple(shape))
+    # float32 products suffice for a logging tolerance (CPU only: CUDA convs may round to TF32).
+    fast = tol >= 1e-5 and weight.device.type == "cpu"
     estimate, vector = top_singular_pair(fn, w64, shape, max_iter=iters, tol=tol,
-                                         start=vectors.get(key) if vectors is not None else None)
+                                         start=vectors.get(key) if vectors is not None else None,
+                                         matvec_dtype=torch.float32 if fast else torch.float64)
     if vectors is not None:
         vectors[key] = vector
     x = vector.view(shape).to(w64.device)
     with torch.no_grad():
         lower = float(fn(x, w64).norm() / x.norm())
-    return estimate, lower * (1 - ROUNDING), conv_upper_bound(layer, weight, input_size)
+    return estimate, lower * (1 - ROUNDING), conv_upper_bound(layer, weight, input_size, warm=vectors)

@@ -30,7 +30,8 @@ from sngan.errors import RunDiverged, UserError
 from sngan.health import Health
 from sngan.metrics import check_feature_extractor, fidelity_metrics, real_stats_cache_name
 from sngan.models import build_discriminator, build_generator
-from sngan.monitor import Monitor, global_grad_norm, input_grad_norm, layer_input_sizes, sigma_scalars
+from sngan.monitor import (GRAD_NORM_SAMPLES, Monitor, global_grad_norm, input_grad_norm, layer_input_sizes,
+                           sigma_scalars)
 from sngan.runlock import run_lock
 from sngan.spectral import apply_spectral_norm
 from sngan.status import write_status
@@ -205,7 +206,8 @@ def diagnostics(it, G, D, scheds: tuple, monitor: Monitor, input_sizes: dict, st
               "grad_norm/d": global_grad_norm(D), "grad_norm/g": global_grad_norm(G),
               "lr/d": sched_d.get_last_lr()[0], "lr/g": sched_g.get_last_lr()[0],
               "perf/img_per_s": monitor.images_per_second(step, images_per_step)}
-    values["lipschitz/grad_norm"] = 0.5 * (input_grad_norm(D, it.real) + input_grad_norm(D, it.fake))
+    n = GRAD_NORM_SAMPLES
+    values["lipschitz/grad_norm"] = 0.5 * (input_grad_norm(D, it.real[:n]) + input_grad_norm(D, it.fake[:n]))
     values.update(sigma_scalars(D, input_sizes, vectors=monitor.lanczos_vectors))
     return values
 
