@@ -63,8 +63,10 @@ def atomic_write(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:  # a write into the open file names no path
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -144,14 +146,13 @@ def check_state(state, path: Path, need: tuple[str, ...] = MODEL_KEYS) -> dict:
     return state
 
 
-def newest_readable(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint in `ckpt_dir` that loads whole (last.pt first), or None."""
+def newest_readable(ckpt_dir: Path) -> tuple[Path, int] | None:
+    """(path, step) of the newest checkpoint in `ckpt_dir` that loads whole (last.pt first), or None."""
     ckpt_dir = Path(ckpt_dir)
     for path in [ckpt_dir / LAST, *reversed(snapshots(ckpt_dir) if ckpt_dir.is_dir() else [])]:
         if path.is_file():
             try:
-                load(path, need=RESUME_KEYS)
-                return path
+                return path, load(path, need=RESUME_KEYS)["step"]
             except UserError:
                 continue
     return None
@@ -197,7 +198,8 @@ def find_resume_checkpoint(resume, run_dir: Path) -> Path | None:
     try:
         return locate(target)
     except UserError as e:
-        raise UserError(f"resume={resume}: nothing to resume: {e}; run without resume to start fresh") from None
+        shown = str(resume).lower() if isinstance(resume, bool) else resume
+        raise UserError(f"resume={shown}: nothing to resume: {e}; run without resume to start fresh") from None
 
 
 def _flatten(tree, prefix: str = "") -> dict:

@@ -89,7 +89,8 @@ def _show(value) -> str:
 
 
 def _int_text(text: str):
-    return int(text) if _INT_TEXT.match(text.strip()) else text
+    """As YAML reads it: 12 an int, 1.5 a float (refused, but shown as the number it is), else text."""
+    return int(text) if _INT_TEXT.match(text.strip()) else _number_text(text)
 
 
 def _number_text(text: str):

@@ -56,7 +56,7 @@ def _torch_fidelity():
 def _weights_error(name: str, error: Exception, weights: str | None = None) -> UserError:
     if weights and not isinstance(error, OSError):  # the file is there but holds no such weights
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:160]
-        return UserError(f"metrics.inception_weights={weights} is not a {name} weights file ({reason}); pass "
+        return UserError(f"metrics.inception_weights={weights} is not a weights file of {name} ({reason}); pass "
                          "a local copy of torch-fidelity's weights file, or leave it unset to download them")
     return UserError(f"could not load the {name} weights ({error}); offline, pass "
                      "metrics.inception_weights=PATH to a local copy of the torch-fidelity weights "

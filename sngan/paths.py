@@ -19,9 +19,13 @@ def _file_above(path: Path) -> Path | None:
 
 
 def _create_and_probe(folder: Path) -> None:
-    """Create `folder` if needed and prove it takes a file (one created and removed at once)."""
+    """Create `folder` if needed and prove it takes a file (one created and removed at once); an
+    OSError names the folder, not the probe."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(folder)) from None
     os.close(fd)
     os.unlink(probe)
 

@@ -277,11 +277,12 @@ def check_dataset_size(cfg: DictConfig, dataset) -> None:
 
 def write_failure(error: OSError, run_dir: Path) -> UserError:
     """A full or read-only file system during a run, as one line saying what is kept and what to do."""
-    kept_path = checkpoint.newest_readable(run_dir / "checkpoints")  # named only once read back
-    if kept_path is None:
+    found = checkpoint.newest_readable(run_dir / "checkpoints")  # named only once read back whole
+    if found is None:
         kept, then = "no checkpoint was written yet", "then start the run again"
     else:
-        kept, then = f"its last checkpoint {kept_path} is intact", f"then continue with resume=true hydra.run.dir={run_dir}"
+        kept, then = (f"the last checkpoint {found[0]} (step {found[1]}) is intact",
+                      f"then continue with resume=true hydra.run.dir={run_dir}")
     return UserError(f"cannot write {describe_os_error(error)}; {kept}: {write_error_fix(error)}, {then}")
 
 
