@@ -180,6 +180,8 @@ def locate(target: str | Path) -> Path:
         if ckpt.is_file():
             return ckpt
         raise UserError(f"no checkpoint in {target} (expected checkpoints/{LAST})")
+    if target.exists():
+        raise UserError(f"{target} is neither a checkpoint file nor a run folder")
     raise UserError(f"{target} does not exist")
 
 

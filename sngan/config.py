@@ -134,8 +134,8 @@ def number(low: float, high: float = math.inf, *, low_open: bool = False, high_o
     return Spec(requirement, ok, _number_text, hint=hint)
 
 
-def boolean() -> Spec:
-    return Spec("true or false", lambda v: isinstance(v, bool), _bool_text)
+def boolean(required: bool = True) -> Spec:
+    return Spec("true or false", lambda v: isinstance(v, bool), _bool_text, required)
 
 
 def choice(*options: str, required: bool = True) -> Spec:
@@ -166,6 +166,8 @@ def _known(names_of: str) -> tuple[str, ...]:
 
 
 def _keys() -> dict[str, Spec]:
+    """Every key a composed training config may hold. A new key: a row here, its default in configs/;
+    required=False for a key that only some options of a group have."""
     path = lambda **kw: text(what="a path", **kw)
     return {
         "seed": seed(),
@@ -181,7 +183,7 @@ def _keys() -> dict[str, Spec]:
         "dataset.root": path(nullable=True),
         "dataset.resolution": integer(allowed=_known("resolution"), hint="the models are built for 4*2**k pixels"),
         "dataset.num_workers": integer(0),
-        "dataset.download": Spec("true or false", lambda v: isinstance(v, bool), _bool_text, required=False),
+        "dataset.download": boolean(required=False),
         "dataset.size": integer(1, required=False),
         "dataset.seed": integer(0, SEED_MAX, required=False, hint="numpy's seed range"),
 

@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from sngan import checkpoint
 from sngan.cli import parse_args

@@ -34,6 +34,7 @@ from sngan.health import Health
 from sngan.metrics import check_feature_extractor, fidelity_metrics, real_stats_cache_name
 from sngan.models import build_discriminator, build_generator
 from sngan.monitor import Monitor, global_grad_norm, input_grad_norm, layer_input_sizes, sigma_scalars
+from sngan.paths import writable_folder
 from sngan.runlock import run_lock
 from sngan.spectral import apply_spectral_norm
 from sngan.status import write_status
@@ -49,10 +50,15 @@ def build_models(cfg: DictConfig, device: torch.device):
     try:
         G = build_generator(m.name, resolution=cfg.dataset.resolution, z_dim=m.z_dim, g_ch=m.g_ch)
         D = build_discriminator(m.name, resolution=cfg.dataset.resolution, d_ch=m.d_ch)
+        apply_spectral_norm(D, cfg.variant.name, n_power_iterations=cfg.variant.get("n_power_iterations", 1))
+        G, D = G.to(device), D.to(device)
     except ValueError as e:  # the builders name the bad value
         raise UserError(f"model: {e}") from None
-    apply_spectral_norm(D, cfg.variant.name, n_power_iterations=cfg.variant.get("n_power_iterations", 1))
-    G, D = G.to(device), D.to(device)
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:  # widths too large for this machine
+        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "out of memory" not in str(e).lower():
+            raise
+        raise UserError(f"model.g_ch={m.g_ch} / model.d_ch={m.d_ch}: the models do not fit in {device.type} memory "
+                        f"({' '.join(str(e).split())[:120]}); use smaller widths") from None
     ema = None
     if cfg.train.ema_decay > 0:
         ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
@@ -119,6 +125,7 @@ def real_data_metrics(cfg: DictConfig, dataset, device: torch.device):
     if not m.during_training:
         return None
     check_feature_extractor(m.feature_extractor, m.inception_weights)
+    writable_folder(m.cache_root, "metrics.cache_root")  # the real data's statistics are written there
     cache_name = real_stats_cache_name(cfg.dataset.name, cfg.dataset.get("root") or "",
                                        cfg.dataset.resolution, m.feature_extractor)
 
@@ -473,6 +480,11 @@ def main(cfg: DictConfig) -> None:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(3)
         log.error("%s", e)
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoints are whole (atomic writes); say how to go on
+        if not in_sweep:
+            print(f"error: interrupted; continue with resume=true hydra.run.dir={run_dir}", file=sys.stderr)
+            sys.exit(130)
+        raise
     except Exception as e:
         if not in_sweep:
             raise

@@ -174,3 +174,20 @@ def test_train_refuses_a_data_set_smaller_than_one_batch_by_name(tmp_path):
     with pytest.raises(UserError, match=r"dataset.size must be at least one batch \(train.batch_size=8\), got 4"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_job_refused_on_a_folder_that_holds_a_run_leaves_it_as_it_was(tmp_path, capsys):
+    """Relaunching a sweep (resume=auto) while a job's folder is busy: that job fails, the sweep goes
+    on, and the folder, its status.json and .hydra/ included, is as it was."""
+    from sngan.runlock import run_lock
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", f"hydra.sweep.dir={sweep}", "resume=auto", *TINY, "train.steps=1", "seed=0,1"]
+    assert call("train", args)[0] == 0
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    busy = next(p for p in jobs if "seed=0" in p.name.split(","))
+    before = snapshot(busy)
+    with run_lock(busy):
+        code, err, out = call("train", args, capsys)
+    assert code == 0 and "is in use by another trainer" in out + err and "Traceback" not in out + err
+    assert snapshot(busy) == before
