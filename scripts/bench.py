@@ -26,7 +26,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sngan.models import build_discriminator, build_generator
+from sngan.cli import ArgumentParser, run_main
+from sngan.config import KEYS, check_values, integer, resolve_device
+from sngan.models import MODELS, build_discriminator, build_generator
 from sngan.monitor import GRAD_NORM_SAMPLES, input_grad_norm, layer_input_sizes, sigma_scalars
 from sngan.spectral import VARIANTS, apply_spectral_norm, normalized_layers
 from sngan.step import apply_speed_switches, gan_iteration
@@ -145,25 +147,31 @@ def memory_child(args, variant: str, device: torch.device) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="cnn", choices=("cnn", "resnet"))
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--g-ch", type=int, default=512)
-    p.add_argument("--d-ch", type=int, default=64)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--n-dis", type=int, default=1)
-    p.add_argument("--steps", type=int, default=5, help="iterations per timed block")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved timed blocks per configuration")
-    p.add_argument("--log-every", type=int, default=50, help="logging interval the diagnostics are spread over")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    key = lambda name: KEYS[name].arg_type(name)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="cnn", choices=MODELS)
+    p.add_argument("--resolution", type=key("dataset.resolution"), default=32)
+    p.add_argument("--g-ch", type=key("model.g_ch"), default=512)
+    p.add_argument("--d-ch", type=key("model.d_ch"), default=64)
+    p.add_argument("--batch", type=key("train.batch_size"), default=64)
+    p.add_argument("--n-dis", type=key("train.n_dis"), default=1)
+    p.add_argument("--steps", type=integer(1).arg_type("steps"), default=5, help="iterations per timed block")
+    p.add_argument("--repeats", type=integer(1).arg_type("repeats"), default=3,
+                   help="interleaved timed blocks per configuration")
+    p.add_argument("--log-every", type=key("log.every"), default=50,
+                   help="logging interval the diagnostics are spread over")
+    p.add_argument("--device", type=key("device"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the variants (train.amp)")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D (train.compile)")
     p.add_argument("--channels-last", action="store_true", help="NHWC models and batch (train.channels_last)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = p.parse_args()
-    device = torch.device(args.device)
+    check_values({"model.name": args.model, "dataset.resolution": args.resolution, "model.g_ch": args.g_ch,
+                  "model.d_ch": args.d_ch, "train.batch_size": args.batch},
+                 shown={"model.name": "--model", "dataset.resolution": "--resolution", "model.g_ch": "--g-ch",
+                        "model.d_ch": "--d-ch", "train.batch_size": "--batch"})
+    device = resolve_device(args.device, "--device")
     if args.memory_of:
         return memory_child(args, args.memory_of, device)
 
@@ -202,4 +210,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

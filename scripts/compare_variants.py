@@ -38,7 +38,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from sngan.cli import ArgumentParser, run_main
+from sngan.errors import UserError
 from sngan.health import Health
+from sngan.paths import writable_folder
 from sngan.monitor import read_scalars
 from sngan.spectral import VARIANTS
 from sngan.status import read_status
@@ -82,10 +85,15 @@ def _layer_max(values: dict[str, float], prefix: str) -> float | None:
 
 def collect_run(run_dir: Path) -> tuple[dict, list[dict], dict]:
     """(runs.csv row, curves.csv rows, all scalars) of one run folder."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    record = run_dir / ".hydra" / "config.yaml"
+    try:
+        cfg = OmegaConf.load(record)
+        variant, seed, steps = cfg.variant.name, int(cfg.seed), int(cfg.train.steps)
+    except Exception as e:  # not YAML, or not a run's config
+        raise UserError(f"{record} is not a readable run config ({' '.join(str(e).split())[:160]}); "
+                        "repair it or move that run folder out of the sweep") from None
     scalars = read_scalars(run_dir) if any(run_dir.glob("events.out.tfevents.*")) else {}
     readings = _by_step(scalars)
-    variant, seed, steps = cfg.variant.name, int(cfg.seed), int(cfg.train.steps)
     optim = cfg.optim.get("name") or f"lr{cfg.optim.lr:g},b{cfg.optim.beta1:g}/{cfg.optim.beta2:g},ndis{cfg.train.n_dis}"
     last_step = max(readings, default=0)
     status = read_status(run_dir) or {}
@@ -516,8 +524,8 @@ def report(rows: list[dict], curves: list[dict], out: Path, scalars: dict | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="report folder (runs.csv, curves.csv, report.md, plots)")
     p.add_argument("--collect", type=Path, action="append", metavar="SWEEP",
                    help="a folder holding run folders (a Hydra sweep); repeatable. Without it: rebuild the "
@@ -539,7 +547,7 @@ def main(argv: list[str] | None = None) -> None:
             rows, curves = merge(rows, curves, read_csv(folder / "runs.csv"), read_csv(folder / "curves.csv"))
         if not rows:
             p.error(f"no runs (folders with .hydra/config.yaml) below {', '.join(map(str, a.collect))}")
-        a.out.mkdir(parents=True, exist_ok=True)
+        writable_folder(a.out, "--out")
         write_csv(a.out / "runs.csv", rows, RUN_COLUMNS)
         write_csv(a.out / "curves.csv", curves, CURVE_COLUMNS)
     else:
@@ -555,4 +563,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

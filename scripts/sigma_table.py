@@ -13,11 +13,11 @@ operator_sigma_bounds) and the interval's relative gap upper / lower - 1.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from sngan.models import build_discriminator
+from sngan.cli import ArgumentParser, run_main
+from sngan.config import KEYS, check_values, integer
+from sngan.models import MODELS, build_discriminator
 from sngan.monitor import layer_input_sizes, sigma_scalars
 from sngan.spectral import VARIANTS, apply_spectral_norm
 
@@ -39,7 +39,8 @@ def checkpoint_rows(ckpt: str):
     from sngan import checkpoint
     from sngan.train import restore_models
 
-    cfg, _, D, _ = restore_models(checkpoint.load(checkpoint.locate(ckpt)), torch.device("cpu"))
+    path = checkpoint.locate(ckpt)
+    cfg, _, D, _ = restore_models(checkpoint.load(path), torch.device("cpu"), source=path)
     res = cfg.dataset.resolution
     sizes = layer_input_sizes(D, (3, res, res), "cpu")
     scalars = sigma_scalars(D, sizes, tol=1e-6)
@@ -65,16 +66,20 @@ def markdown(rows, bounds: tuple[float, float]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="cnn", choices=("cnn", "resnet"))
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--d-ch", type=int, default=64)
+    import argparse
+
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="cnn", choices=MODELS)
+    p.add_argument("--resolution", type=KEYS["dataset.resolution"].arg_type("dataset.resolution"), default=32)
+    p.add_argument("--d-ch", type=KEYS["model.d_ch"].arg_type("model.d_ch"), default=64)
     p.add_argument("--variant", default="reshaped", choices=VARIANTS)
-    p.add_argument("--warmup", type=int, default=200, help="training-mode forwards before measuring")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=integer(0).arg_type("warmup"), default=200,
+                   help="training-mode forwards before measuring")
+    p.add_argument("--seed", type=KEYS["seed"].arg_type("seed"), default=0)
     p.add_argument("--ckpt", help="measure the trained D of this checkpoint or run folder instead")
     a = p.parse_args()
+    check_values({"model.name": a.model, "dataset.resolution": a.resolution, "model.d_ch": a.d_ch},
+                 shown={"model.name": "--model", "dataset.resolution": "--resolution", "model.d_ch": "--d-ch"})
     if a.ckpt:
         rows, bound = checkpoint_rows(a.ckpt)
     else:
@@ -83,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sngan import checkpoint
+from sngan.cli import ArgumentParser
 from sngan.errors import UserError
 from sngan.operators import SUPPORTED
 from sngan.sigma import effective_weight, matrix_sigma, operator_sigma_bounds
@@ -74,7 +75,7 @@ def load_model(target: str, state_dict: str | None) -> tuple[nn.Module, tuple[in
     if isinstance(loaded, dict) and loaded.get("format") == checkpoint.FORMAT:  # this project's checkpoint
         from sngan.train import restore_models
 
-        cfg, _, D, _ = restore_models(loaded, torch.device("cpu"))
+        cfg, _, D, _ = restore_models(checkpoint.check_state(loaded, path), torch.device("cpu"), source=path)
         return D, (3, cfg.dataset.resolution, cfg.dataset.resolution)
     if not isinstance(loaded, nn.Module):
         raise UserError(f"{path} holds a {type(loaded).__name__}, not a whole module: give MODULE:NAME of its "
@@ -171,7 +172,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m sngan.audit", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m sngan.audit", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="MODULE:NAME (a module class or factory), a torch.save'd module, or an sngan "
                                  "run folder / checkpoint")

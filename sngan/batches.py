@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from sngan.errors import UserError
 
 
 class _EpochOrder(Sampler[int]):
@@ -40,6 +42,33 @@ class _EpochOrder(Sampler[int]):
         return (self.n // self.global_batch - self.start) * self.local_batch
 
 
+class _WorkerError:
+    """A UserError raised inside a DataLoader worker, carried back as a value: the loader would
+    wrap the exception in the worker's traceback, and the user should see the same one line as
+    with num_workers=0."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+class _Carried(Dataset):
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.base[index]
+        except UserError as e:
+            return _WorkerError(str(e))
+
+
+def _collate(items: list):
+    return next((item for item in items if isinstance(item, _WorkerError)), None) or default_collate(items)
+
+
 class BatchStream:
     """next(stream) -> this rank's part of the next global batch; `position` / `restore()` for exact resume."""
 
@@ -53,7 +82,8 @@ class BatchStream:
         self.batches_per_epoch = len(dataset) // batch_size  # the last partial batch is dropped
         self.epoch, self.index = 0, 0
         self._order = _EpochOrder(len(dataset), seed, batch_size, rank, world_size)
-        self._loader = DataLoader(dataset, batch_size=self._order.local_batch, sampler=self._order,
+        self._loader = DataLoader(_Carried(dataset), batch_size=self._order.local_batch, sampler=self._order,
+                                  collate_fn=_collate,
                                   num_workers=num_workers, pin_memory=pin_memory,
                                   persistent_workers=num_workers > 0,
                                   # a private generator: worker seeding must not draw from the global RNG
@@ -77,6 +107,8 @@ class BatchStream:
             self._order.epoch, self._order.start = self.epoch, self.index
             self._iter = iter(self._loader)
         batch = next(self._iter)
+        if isinstance(batch, _WorkerError):
+            raise UserError(batch.message)
         self.index += 1
         return batch
 

@@ -44,6 +44,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
     """`write(f)` into a temporary file in `path`'s folder (binary), fsynced, then os.replace over
     `path`, and the rename itself made durable: a kill at any instant leaves the old file or the new."""
@@ -51,13 +57,16 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # the mode open() would give, not mkstemp's private 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:  # a write into the open file names no path
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -97,18 +106,62 @@ def snapshots(ckpt_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_SNAPSHOT.match(p.name).group(1)))
 
 
-def load(path: Path, map_location="cpu") -> dict:
-    """Read a checkpoint; a missing, truncated or foreign file is a UserError naming it."""
+# What a checkpoint must hold to give its models (sample, evaluate, audit), and to resume its run.
+MODEL_KEYS = ("step", "config", "G", "D", "G_ema")
+RESUME_KEYS = MODEL_KEYS + ("opt_g", "opt_d", "sched_g", "sched_d", "rng", "data")
+
+
+def other_snapshot(path: Path) -> str:
+    """What to pass instead of an unusable checkpoint: the newest other checkpoint beside it."""
+    path = Path(path)
+    others = [p for p in [*reversed(snapshots(path.parent)), path.parent / LAST] if p.is_file() and p != path]
+    if others:
+        return f"pass another snapshot of the run instead, e.g. {others[0]}"
+    return f"no other snapshot is beside it in {path.parent}"
+
+
+def load(path: Path, map_location="cpu", need: tuple[str, ...] = MODEL_KEYS) -> dict:
+    """Read a checkpoint; a missing, truncated or foreign file, or one without the entries `need`
+    names, is a UserError naming it and what to pass instead."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated zip, not a torch file, ...
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise UserError(f"{path} is not a readable checkpoint ({reason}); {other_snapshot(path)}") from None
+    return check_state(state, path, need)
+
+
+def check_state(state, path: Path, need: tuple[str, ...] = MODEL_KEYS) -> dict:
+    """`state` (read from `path`) if it is an sngan checkpoint holding the entries `need` names."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not an sngan checkpoint")
+        raise UserError(f"{path} is not an sngan checkpoint; {other_snapshot(path)}")
+    missing = [key for key in need if key not in state]
+    if not missing and "config" in need and not isinstance(state["config"], dict):
+        missing = ["config"]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)} (a damaged or edited checkpoint); {other_snapshot(path)}")
     return state
+
+
+def newest_readable(ckpt_dir: Path) -> tuple[Path, int] | None:
+    """(path, step) of the newest checkpoint in `ckpt_dir` that loads whole (last.pt first), or None."""
+    ckpt_dir = Path(ckpt_dir)
+    for path in [ckpt_dir / LAST, *reversed(snapshots(ckpt_dir) if ckpt_dir.is_dir() else [])]:
+        if path.is_file():
+            try:
+                return path, load(path, need=RESUME_KEYS)["step"]
+            except UserError:
+                continue
+    return None
+
+
+def holds_run(run_dir: Path) -> bool:
+    """True when `run_dir` holds a run's checkpoint (last.pt, or a snapshot of a run killed before it)."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    return (ckpt_dir / LAST).exists() or bool(ckpt_dir.is_dir() and snapshots(ckpt_dir))
 
 
 # Config keys a resume may change: they do not change the maths of the run.
@@ -127,6 +180,8 @@ def locate(target: str | Path) -> Path:
         if ckpt.is_file():
             return ckpt
         raise UserError(f"no checkpoint in {target} (expected checkpoints/{LAST})")
+    if target.exists():
+        raise UserError(f"{target} is neither a checkpoint file nor a run folder")
     raise UserError(f"{target} does not exist")
 
 
@@ -145,7 +200,8 @@ def find_resume_checkpoint(resume, run_dir: Path) -> Path | None:
     try:
         return locate(target)
     except UserError as e:
-        raise UserError(f"resume={resume}: nothing to resume: {e}; run without resume to start fresh") from None
+        shown = str(resume).lower() if isinstance(resume, bool) else resume
+        raise UserError(f"resume={shown}: nothing to resume: {e}; run without resume to start fresh") from None
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -218,13 +274,13 @@ def load_for_resume(path: Path, warn) -> tuple[dict, Path]:
     back to the newest of them (reported through `warn`). Returns (state, the file it came from)."""
     path = Path(path)
     try:
-        return load(path), path
+        return load(path, need=RESUME_KEYS), path
     except UserError as error:
         if path.name != LAST:
             raise
         for snapshot in reversed(snapshots(path.parent)):
             try:
-                state = load(snapshot)
+                state = load(snapshot, need=RESUME_KEYS)
             except UserError:
                 continue
             warn(f"{error}; resuming from the newest good snapshot {snapshot.name} instead")

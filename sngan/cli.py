@@ -1,21 +1,26 @@
-"""key=value command lines for sngan.sample and sngan.evaluate: one table of options per command
-gives the parsing, the defaults and the --help text."""
+"""Command lines outside Hydra: key=value options for sngan.sample and sngan.evaluate (one table
+per command gives the parsing, the defaults, the checks and the --help text), and an argparse
+parser for the scripts whose every refusal is one `error: ...` line."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
+from sngan.config import Spec
 from sngan.errors import UserError
 
 
-def parse_args(argv: list[str], options: dict[str, tuple[str | None, str]], usage: str, about: str) -> dict:
-    """`options`: key -> (default or None when required, help). `--help` prints them and exits 0;
-    an unknown key or a missing required one is a UserError that repeats the usage."""
+def parse_args(argv: list[str], options: dict[str, tuple[str | None, str, Spec | None]], usage: str,
+               about: str) -> dict:
+    """`options`: key -> (default or None when required, help, Spec or None for free text).
+    `--help` prints them and exits 0; an unknown key, a missing required one or a value its Spec
+    refuses is a UserError (the usage repeated where it helps). Values come back parsed."""
     if any(item in ("-h", "--help", "help") for item in argv):
-        width = max(len(key) + len(str(default)) for key, (default, _) in options.items()) + 3
+        width = max(len(key) + len(str(default)) for key, (default, _, _) in options.items()) + 3
         lines = [usage, "", about, ""]
-        for key, (default, text) in options.items():
+        for key, (default, text, _) in options.items():
             shown = f"{key}={default if default is not None else key.upper()}"
             lines.append(f"  {shown:<{width}} {text}" + ("" if default is not None else " (required)"))
         try:
@@ -23,24 +28,31 @@ def parse_args(argv: list[str], options: dict[str, tuple[str | None, str]], usag
         except BrokenPipeError:  # `--help | head`: the reader has all it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
-    args = {key: default for key, (default, _) in options.items()}
+    given = {key: default for key, (default, _, _) in options.items()}
     for item in argv:
         key, sep, value = item.partition("=")
         if not sep or key not in options:
             raise UserError(f"unexpected argument {item!r}; {usage} (--help lists the keys)")
-        args[key] = value
-    missing = [k for k, v in args.items() if v is None]
+        given[key] = value
+    missing = [k for k, v in given.items() if v is None]
     if missing:
         raise UserError(f"missing {', '.join(missing)}; {usage} (--help lists the keys)")
-    return args
+    return {key: value if options[key][2] is None else options[key][2].parse(key, value)
+            for key, value in given.items()}
 
 
-def positive_int(args: dict, key: str, minimum: int = 1) -> int:
-    """args[key] as an integer >= minimum, else a UserError naming the key."""
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a refusal is one line on stderr (`error: ...; --help lists the options`), exit 2."""
+
+    def error(self, message: str):
+        print(f"error: {message}; {self.prog} --help lists the options", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_main(main) -> None:
+    """Call a script's `main()`, turning a UserError into its one line on stderr and exit code 2."""
     try:
-        value = int(args[key])
-    except (TypeError, ValueError):
-        value = None
-    if value is None or value < minimum:
-        raise UserError(f"{key} must be an integer >= {minimum}, got {args[key]!r}")
-    return value
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

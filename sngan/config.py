@@ -1,63 +1,355 @@
-"""Up-front checks of a composed training config, so that bad values fail before any work."""
+"""Every user-facing setting, declared once, and the one pass that checks values against it.
+
+`KEYS` says, per key, what a value must be (type, range, choices); `RULES` are the constraints
+that tie keys together (a model that fits the resolution, a batch that batch normalization can
+train on, a data set of at least one batch). `check_config` runs both over a composed training
+config, before any work; `check_values` over any flat {key: value} (a checkpoint's config, the
+flags of sngan.sample / sngan.evaluate / scripts, which name their flags after these keys), and
+`Spec.parse` reads a command-line string with the same meaning everywhere. A refusal is one
+UserError line: `KEY must be REQUIREMENT, got VALUE`, plus what to do where that is not obvious.
+
+Why a table and not a structured config (dataclasses in Hydra's ConfigStore): Hydra's own type
+errors are several lines long and end a whole sweep at composition, where a bad value should
+fail only its job; the config groups' options carry different keys (`dataset.size` only for
+synthetic data) and experiments are `_global_` deltas, so a schema would need a class per option
+and would add keys to today's composed configs; and the same checks must also serve configs that
+never pass through Hydra (checkpoints) and the scripts' flags.
+
+Adding a setting: give it a default in configs/ (DESIGN.md, "Compatibility": an old checkpoint
+without it must mean today's behaviour) and a row in KEYS; a constraint across keys is a function
+in RULES. A composed config holding a key without a row is refused, so a key added to configs/
+without one fails tests/test_config.py.
+"""
 
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sngan.errors import UserError
 
+SEED_MAX = 2**32 - 1  # numpy's seed range, the narrowest of the RNGs a seed feeds
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_INT_TEXT = re.compile(r"^[+-]?\d+$")
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _positive_int(cfg: DictConfig, key: str) -> None:
-    value = cfg
-    for part in key.split("."):
-        value = value[part]
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-             f"{key} must be a positive integer, got {value!r}")
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one setting's value must be."""
+
+    requirement: str                   # completes "KEY must be ..."
+    accepts: Callable[[Any], bool]
+    from_text: Callable[[str], Any]    # a command-line string as the value it means
+    required: bool = True              # present in every composed training config
+    hint: str = ""                     # what to do, when the requirement alone does not say
+
+    def check(self, key: str, value, shown: str | None = None):
+        """`value`, or a UserError naming `shown` (the flag's own name) or `key`."""
+        if not self.accepts(value):
+            raise UserError(f"{shown or key} must be {self.requirement}, got {_show(value)}"
+                            + (f"; {self.hint}" if self.hint else ""))
+        return value
+
+    def parse(self, key: str, text: str, shown: str | None = None):
+        """A command-line string as a checked value (sngan.sample / sngan.evaluate / scripts)."""
+        return self.check(key, self.from_text(text), shown)
+
+    def arg_type(self, key: str) -> Callable[[str], Any]:
+        """An argparse `type=`: a refusal names the flag (argparse adds it) and the key."""
+        import argparse
+
+        def convert(text: str):
+            try:
+                return self.parse(key, text)
+            except UserError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        convert.__name__ = key
+        return convert
+
+
+def _show(value) -> str:
+    """A value as the user wrote it: YAML's true/false/null, strings quoted."""
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _int_text(text: str):
+    """As YAML reads it: 12 an int, 1.5 a float (refused, but shown as the number it is), else text."""
+    return int(text) if _INT_TEXT.match(text.strip()) else _number_text(text)
+
+
+def _number_text(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _bool_text(text: str):
+    return {"true": True, "false": False}.get(text.strip().lower(), text)
+
+
+def _null_text(text: str):
+    return None if text.strip().lower() in ("", "null", "none") else text
+
+
+def integer(low: int | None = None, high: int | None = None, *, allowed: tuple[int, ...] = (), hint: str = "",
+            required: bool = True) -> Spec:
+    if allowed:
+        requirement = f"one of {', '.join(map(str, allowed))}"
+    elif high is None:
+        requirement = f"an integer >= {low}"
+    else:
+        requirement = f"an integer in [{low}, {high}]"
+    ok = lambda v: _is_int(v) and (not allowed or v in allowed) and (low is None or v >= low) \
+        and (high is None or v <= high)
+    return Spec(requirement, ok, _int_text, required, hint)
+
+
+def number(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False,
+           hint: str = "") -> Spec:
+    """A finite number in the interval; NaN and infinities never pass."""
+    if high == math.inf:
+        requirement = "a positive finite number" if (low, low_open) == (0, True) else \
+            f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        requirement = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    ok = lambda v: _is_number(v) and math.isfinite(v) and (v > low if low_open else v >= low) \
+        and (v < high if high_open else v <= high)
+    return Spec(requirement, ok, _number_text, hint=hint)
+
+
+def boolean(required: bool = True) -> Spec:
+    return Spec("true or false", lambda v: isinstance(v, bool), _bool_text, required)
+
+
+def choice(*options: str, required: bool = True) -> Spec:
+    return Spec(f"one of {', '.join(options)}", lambda v: isinstance(v, str) and v in options, str.strip, required)
+
+
+def text(*, nullable: bool = False, required: bool = True, what: str = "a non-empty string") -> Spec:
+    ok = lambda v: (nullable and v is None) or (isinstance(v, str) and v.strip() != "" and "\0" not in v)
+    return Spec(what + (" or null" if nullable else ""), ok, _null_text if nullable else str, required)
+
+
+def seed() -> Spec:
+    return integer(0, SEED_MAX, hint="numpy's seed range")
+
+
+# --- the settings ----------------------------------------------------------------------------------
+
+def _known(names_of: str) -> tuple[str, ...]:
+    """The names a group offers, from the code that implements them (imported late: no cycles)."""
+    if names_of == "variant":
+        from sngan.spectral import VARIANTS
+        return tuple(VARIANTS)
+    if names_of == "dataset":
+        from sngan.data import DATASETS
+        return tuple(DATASETS)
+    from sngan.models import MODELS, RESOLUTIONS
+    return tuple(MODELS) if names_of == "model" else tuple(RESOLUTIONS)
+
+
+def _keys() -> dict[str, Spec]:
+    """Every key a composed training config may hold. A new key: a row here, its default in configs/;
+    required=False for a key that only some options of a group have."""
+    path = lambda **kw: text(what="a path", **kw)
+    return {
+        "seed": seed(),
+        "device": Spec("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), str.strip),
+        "resume": Spec("false, true, auto, or a run folder or checkpoint to fork",
+                       lambda v: v is None or isinstance(v, bool) or (isinstance(v, str) and v.strip() != ""),
+                       lambda t: _bool_text(t) if t.strip().lower() in ("true", "false") else t),
+
+        "variant.name": choice(*_known("variant")),
+        "variant.n_power_iterations": integer(1, required=False),
+
+        "dataset.name": choice(*_known("dataset")),
+        "dataset.root": path(nullable=True),
+        "dataset.resolution": integer(allowed=_known("resolution"), hint="the models are built for 4*2**k pixels"),
+        "dataset.num_workers": integer(0),
+        "dataset.download": boolean(required=False),
+        "dataset.size": integer(1, required=False),
+        "dataset.seed": integer(0, SEED_MAX, required=False, hint="numpy's seed range"),
+
+        "model.name": choice(*_known("model")),
+        "model.z_dim": integer(1),
+        "model.g_ch": integer(1),
+        "model.d_ch": integer(1),
+        "loss.name": choice("hinge", "bce"),
+
+        "train.steps": integer(1),
+        "train.batch_size": integer(1),
+        "train.n_dis": integer(1),
+        "train.ema_decay": number(0, 1, high_open=True, hint="0 turns the EMA off"),
+        "train.ema_start": integer(0),
+        "train.instance_noise": number(0, hint="0 turns it off"),
+        "train.amp": boolean(),
+        "train.compile": boolean(),
+        "train.channels_last": boolean(),
+        "train.cudnn_benchmark": boolean(),
+
+        "optim.lr": number(0, low_open=True),
+        "optim.beta1": number(0, 1, high_open=True),
+        "optim.beta2": number(0, 1, high_open=True),
+        "optim.lr_decay": choice("none", "linear"),
+
+        "log.every": integer(1),
+        "log.sample_every": integer(1),
+        "log.eval_every": integer(1),
+        "log.n_eval": integer(2, hint="KID needs two samples"),
+        "log.progress": boolean(),
+
+        "metrics.during_training": boolean(),
+        "metrics.feature_extractor": text(),
+        "metrics.inception_weights": path(nullable=True),
+        "metrics.cache_root": path(),
+
+        "ckpt.every": integer(1),
+        "ckpt.keep": integer(0),
+    }
+
+
+KEYS: dict[str, Spec] = _keys()
+
+
+# --- rules across keys -----------------------------------------------------------------------------
+
+def _models_fit(values: Mapping[str, Any]) -> str | None:
+    """G and D build at this resolution and width, and G's batch normalization gets >= 2 images."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from sngan.models import build_discriminator, build_generator
+
+    name, res = values.get("model.name"), values.get("dataset.resolution")
+    if name is None or res is None:
+        return None
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no RNG draws
+            if "model.d_ch" in values:
+                build_discriminator(name, resolution=res, d_ch=values["model.d_ch"])
+            if "model.g_ch" not in values:
+                return None
+            G = build_generator(name, resolution=res, g_ch=values["model.g_ch"], z_dim=values.get("model.z_dim", 128))
+    except ValueError as e:  # the builders name the key and the bound
+        return str(e)
+    batch = values.get("train.batch_size")
+    if batch is not None and batch < 2 and any(isinstance(m, _BatchNorm) for m in G.modules()):
+        return (f"train.batch_size must be >= 2 for the {name} generator, got {batch}: its batch normalization "
+                "cannot train on one image per batch")
+    return None
+
+
+def _dataset_fits(values: Mapping[str, Any]) -> str | None:
+    name, res, batch = values.get("dataset.name"), values.get("dataset.resolution"), values.get("train.batch_size")
+    if name == "cifar10" and res is not None and res != 32:
+        return f"dataset.resolution must be 32 for cifar10 (its images are 32x32), got {res}"
+    size = values.get("dataset.size")
+    if name == "synthetic" and size is not None and batch is not None and size < batch:
+        return f"dataset.size must be at least one batch (train.batch_size={batch}), got {size}"
+    return None
+
+
+RULES: list[Callable[[Mapping[str, Any]], str | None]] = [_models_fit, _dataset_fits]
+
+
+# --- the checks ------------------------------------------------------------------------------------
+
+def check_values(values: Mapping[str, Any], shown: Mapping[str, str] | None = None) -> None:
+    """Check every key of a flat {key: value} that KEYS declares, then every rule whose keys are
+    there. `shown`: the name to report for a key (a script's flag). Raises UserError."""
+    shown = shown or {}
+    for key, value in values.items():
+        if key in KEYS:
+            KEYS[key].check(key, value, shown.get(key))
+    for rule in RULES:
+        message = rule(values)
+        if message:
+            for key, name in shown.items():  # a script's flag in place of the key it stands for
+                message = message.replace(key, name)
+            raise UserError(message)
+
+
+def flatten(tree, prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} of a nested dict (lists and scalars are leaves)."""
+    if not isinstance(tree, Mapping):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_values(cfg: DictConfig) -> dict[str, Any]:
+    """The flat resolved values of a composed config; an interpolation that does not resolve is a UserError."""
+    try:
+        tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        raise UserError(f"{key}: {' '.join(str(e).split()[:30])}") from None
+    tree.pop("hydra", None)
+    return flatten(tree)
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise UserError (one line, naming the key) for any value the run cannot use."""
-    for key in ("train.steps", "train.batch_size", "train.n_dis", "model.g_ch", "model.d_ch",
-                "model.z_dim", "dataset.resolution", "log.every", "log.sample_every",
-                "log.eval_every", "log.n_eval", "ckpt.every"):
-        _positive_int(cfg, key)
-    _require(isinstance(cfg.ckpt.keep, int) and cfg.ckpt.keep >= 0,
-             f"ckpt.keep must be an integer >= 0, got {cfg.ckpt.keep!r}")
-    _require(isinstance(cfg.dataset.num_workers, int) and cfg.dataset.num_workers >= 0,
-             f"dataset.num_workers must be an integer >= 0, got {cfg.dataset.num_workers!r}")
-    lr = cfg.optim.lr
-    _require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
-             f"optim.lr must be a positive finite number, got {lr!r}")
-    for key in ("beta1", "beta2"):
-        beta = cfg.optim[key]
-        _require(isinstance(beta, (int, float)) and 0 <= beta < 1,
-                 f"optim.{key} must be in [0, 1), got {beta!r}")
-    _require(cfg.optim.lr_decay in ("none", "linear"),
-             f"optim.lr_decay must be none or linear, got {cfg.optim.lr_decay!r}")
-    decay = cfg.train.ema_decay
-    _require(isinstance(decay, (int, float)) and 0 <= decay < 1,
-             f"train.ema_decay must be in [0, 1) (0 = off), got {decay!r}")
-    noise = cfg.train.instance_noise
-    _require(isinstance(noise, (int, float)) and not isinstance(noise, bool) and math.isfinite(noise) and noise >= 0,
-             f"train.instance_noise must be a finite number >= 0, got {noise!r}")
-    for key in ("amp", "compile", "channels_last", "cudnn_benchmark"):
-        _require(isinstance(cfg.train[key], bool), f"train.{key} must be true or false, got {cfg.train[key]!r}")
-    _require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
-             f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    """Raise UserError (one line, naming the key) for any value of a composed training config the
+    run cannot use: an undeclared key, a missing one, a wrong type or range, a rule broken."""
+    values = config_values(cfg)
+    for key, value in values.items():
+        if key not in KEYS:
+            raise UserError(f"{key} is not a setting of sngan; remove it (README.md, Configuration, lists the keys)")
+        if value == "???":
+            raise UserError(f"{key} is not set; add {key}=... to the command line")
+    missing = [key for key, spec in KEYS.items() if spec.required and key not in values]
+    if missing:
+        raise UserError(f"{', '.join(missing)} missing from the config; restore {'it' if len(missing) == 1 else 'them'} "
+                        "(configs/ holds the defaults)")
+    check_values(values)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` is cuda when available, else cpu; asking for cuda without one is a UserError."""
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """`auto` is cuda when available, else cpu; a device that is not there is a UserError."""
+    KEYS["device"].check(key, name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA device is available; use device=cpu or device=auto")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= count:
+            there = f"only {count} CUDA device(s) here" if count else "no CUDA device is available"
+            raise UserError(f"{key}={name} but {there}; use {key}=cpu or {key}=auto")
     return torch.device(name)
+
+
+# What a checkpoint's config must give to rebuild its models (sample, evaluate, audit, resume).
+MODEL_CONFIG_KEYS = ("variant.name", "dataset.name", "dataset.resolution", "model.name", "model.z_dim",
+                     "model.g_ch", "model.d_ch", "train.ema_decay", "seed", "log.n_eval")
+
+
+def check_saved_config(tree: Mapping, source) -> None:
+    """A checkpoint's saved config: the keys that rebuild its models are there and valid (keys this
+    version does not know are left alone: a newer version may have written them)."""
+    values = flatten(tree)
+    missing = [key for key in MODEL_CONFIG_KEYS if key not in values]
+    if missing:
+        raise UserError(f"{source}: its config lacks {', '.join(missing)} (a damaged or foreign checkpoint); "
+                        "pass a checkpoint written by sngan.train")
+    try:
+        check_values({k: v for k, v in values.items() if k in KEYS})
+    except UserError as e:
+        raise UserError(f"{source}: its config is not usable: {e}") from None

@@ -1,5 +1,9 @@
 """User-facing errors: the command-line entry points print these as one line, with no traceback."""
 
+from __future__ import annotations
+
+import errno
+
 
 class UserError(Exception):
     """A mistake in the user's input (config value, path, missing data) with a message that says what to do."""
@@ -11,3 +15,25 @@ class RunDiverged(Exception):
     def __init__(self, message: str, step: int | None = None):
         super().__init__(message)
         self.step = step
+
+
+# The errors of a file system that takes no more writes: full, over quota, read-only.
+_WRITE_ERRNOS = {errno.ENOSPC: "free space on that file system",
+                 errno.EDQUOT: "free space within your quota",
+                 errno.EFBIG: "free space on that file system",
+                 errno.EROFS: "make the file system writable"}
+
+
+def is_write_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _WRITE_ERRNOS
+
+
+def write_error_fix(error: OSError) -> str:
+    """What to do about a write error, in a few words."""
+    return _WRITE_ERRNOS.get(error.errno, "check the file system")
+
+
+def describe_os_error(error: OSError) -> str:
+    """`PATH (reason)` on one line."""
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{error.filename} ({reason})" if error.filename else reason

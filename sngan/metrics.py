@@ -53,7 +53,11 @@ def _torch_fidelity():
     return torch_fidelity
 
 
-def _weights_error(name: str, error: OSError) -> UserError:
+def _weights_error(name: str, error: Exception, weights: str | None = None) -> UserError:
+    if weights and not isinstance(error, OSError):  # the file is there but holds no such weights
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:160]
+        return UserError(f"metrics.inception_weights={weights} is not a weights file of {name} ({reason}); pass "
+                         "a local copy of torch-fidelity's weights file, or leave it unset to download them")
     return UserError(f"could not load the {name} weights ({error}); offline, pass "
                      "metrics.inception_weights=PATH to a local copy of the torch-fidelity weights "
                      "(or train with metrics.during_training=false)")
@@ -78,7 +82,11 @@ def check_feature_extractor(name: str, weights: str | None) -> None:
             tf.utils.create_feature_extractor(name, [layer], cuda=False, verbose=False,
                                               feature_extractor_weights_path=weights)
     except OSError as e:
-        raise _weights_error(name, e) from None
+        raise _weights_error(name, e, weights) from None
+    except Exception as e:  # a file that unpickles to garbage, or to other weights
+        if not weights:
+            raise
+        raise _weights_error(name, e, weights) from None
 
 
 def fidelity_metrics(G: nn.Module, real: Dataset, *, n: int, cache_name: str, cache_root: Path,

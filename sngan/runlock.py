@@ -1,5 +1,9 @@
-"""One trainer per run folder: an OS file lock (flock) on `<run>/.lock`, held while the run trains
-and released by the kernel when the process ends, however it ends: never a stale marker."""
+"""One trainer per run folder: an OS file lock (flock) on the run folder itself, held while the run
+trains and released by the kernel when the process ends, however it ends: never a stale marker.
+
+The lock is taken on the folder, not on a file in it, so that taking it writes nothing: a command
+that is refused leaves the folder as it was. The holder's pid comes from /proc/locks.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,20 @@ from typing import Iterator
 
 from sngan.errors import UserError
 
-LOCK_FILE = ".lock"
+
+def _holder(fd: int) -> str:
+    """The pid holding a flock on the file `fd` refers to (Linux /proc/locks), or 'unknown'."""
+    st = os.fstat(fd)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if "->" not in fields and len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == ident:
+                    return fields[4]
+    except OSError:
+        pass
+    return "unknown"
 
 
 @contextmanager
@@ -19,17 +36,15 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run folder's lock; a second holder fails at once, naming the first one's pid."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        holder = _holder(fd)
         os.close(fd)
         raise UserError(f"{run_dir} is in use by another trainer (pid {holder}): wait for it to end, "
                         "or stop it, before starting another on this folder") from None
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock

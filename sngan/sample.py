@@ -14,24 +14,28 @@ import torch
 from torchvision.utils import save_image
 
 from sngan import checkpoint, monitor
-from sngan.cli import parse_args, positive_int
-from sngan.errors import UserError
+from sngan.cli import parse_args
+from sngan.config import KEYS, integer, resolve_device, seed, text
+from sngan.errors import UserError, describe_os_error
+from sngan.paths import writable_file, writable_folder
 from sngan.train import restore_models
 
 USAGE = "usage: python -m sngan.sample ckpt=PATH [n=64] [out=samples.png] [seed=0] [device=cpu]"
 OPTIONS = {
-    "ckpt": (None, "a run folder (its checkpoints/last.pt) or a checkpoint file"),
-    "n": ("64", "number of images"),
-    "out": ("samples.png", "a .png file gets one grid; any other path is a folder of one PNG per image"),
-    "seed": ("0", "seed of the latent vectors z (a private RNG)"),
-    "device": ("cpu", "cpu, cuda or cuda:N"),
+    "ckpt": (None, "a run folder (its checkpoints/last.pt) or a checkpoint file", text(what="a path")),
+    "n": ("64", "number of images", integer(1)),
+    "out": ("samples.png", "a .png file gets one grid; any other path is a folder of one PNG per image",
+            text(what="a path")),
+    "seed": ("0", "seed of the latent vectors z (a private RNG)", seed()),
+    "device": ("cpu", "auto, cpu, cuda or cuda:N", KEYS["device"]),
 }
 
 
 def load_generator(ckpt: str, device: str = "cpu") -> tuple[torch.nn.Module, dict, int]:
     """The run's generator (its EMA when present) in eval mode, the checkpoint's config and step."""
-    state = checkpoint.load(checkpoint.locate(ckpt))
-    cfg, G, _, ema = restore_models(state, torch.device(device))
+    path = checkpoint.locate(ckpt)
+    state = checkpoint.load(path)
+    cfg, G, _, ema = restore_models(state, resolve_device(device), source=path)
     return (ema.module if ema is not None else G).eval(), cfg, state["step"]
 
 
@@ -41,23 +45,28 @@ def generate(G: torch.nn.Module, n: int, seed: int, device: str = "cpu") -> torc
     return monitor.generate(G, z).cpu()
 
 
+def write_images(images: torch.Tensor, out: Path, step: int) -> None:
+    if out.suffix.lower() == ".png":
+        monitor.save_grid(images, out, label=f"step {step}")
+    else:
+        for i, image in enumerate(images):
+            save_image(image, out / f"{i:06d}.png", normalize=True, value_range=(-1, 1))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         a = parse_args(sys.argv[1:] if argv is None else argv, OPTIONS, USAGE, __doc__.split("\n\n")[1])
-        n, seed = positive_int(a, "n"), positive_int(a, "seed", minimum=0)
         G, _, step = load_generator(a["ckpt"], a["device"])
+        out = Path(a["out"]).expanduser()  # checked before generating: a grid file, or a folder of images
+        writable_file(out, "out") if out.suffix.lower() == ".png" else writable_folder(out, "out")
+        images = generate(G, a["n"], a["seed"], resolve_device(a["device"]))
+        try:
+            write_images(images, out, step)
+        except OSError as e:  # the disk filled up meanwhile
+            raise UserError(f"out={out}: cannot write {describe_os_error(e)}; free space or choose another out") from None
     except UserError as e:
         sys.exit(f"error: {e}")
-    images = generate(G, n, seed, a["device"])
-    out = Path(a["out"])
-    if out.suffix.lower() == ".png":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        monitor.save_grid(images, out, label=f"step {step}")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(images):
-            save_image(image, out / f"{i:06d}.png", normalize=True, value_range=(-1, 1))
-    print(f"wrote {n} images to {out}")
+    print(f"wrote {a['n']} images to {out}")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import random
 import sys
+import threading
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import hydra
 import numpy as np
@@ -24,14 +27,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sngan import checkpoint, distributed, runinfo
 from sngan.batches import BatchStream
-from sngan.config import check_config, resolve_device
+from sngan.config import check_config, check_saved_config, resolve_device
 from sngan.data import build_dataset
-from sngan.errors import RunDiverged, UserError
+from sngan.errors import RunDiverged, UserError, describe_os_error, is_write_error, write_error_fix
 from sngan.health import Health
 from sngan.metrics import check_feature_extractor, fidelity_metrics, real_stats_cache_name
 from sngan.models import build_discriminator, build_generator
 from sngan.monitor import (GRAD_NORM_SAMPLES, Monitor, global_grad_norm, input_grad_norm, layer_input_sizes,
                            sigma_scalars)
+from sngan.paths import writable_folder
 from sngan.runlock import run_lock
 from sngan.spectral import apply_spectral_norm
 from sngan.status import write_status
@@ -47,26 +51,48 @@ def build_models(cfg: DictConfig, device: torch.device):
     try:
         G = build_generator(m.name, resolution=cfg.dataset.resolution, z_dim=m.z_dim, g_ch=m.g_ch)
         D = build_discriminator(m.name, resolution=cfg.dataset.resolution, d_ch=m.d_ch)
+        apply_spectral_norm(D, cfg.variant.name, n_power_iterations=cfg.variant.get("n_power_iterations", 1))
+        G, D = G.to(device), D.to(device)
     except ValueError as e:  # the builders name the bad value
         raise UserError(f"model: {e}") from None
-    apply_spectral_norm(D, cfg.variant.name, n_power_iterations=cfg.variant.get("n_power_iterations", 1))
-    G, D = G.to(device), D.to(device)
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:  # widths too large for this machine
+        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "out of memory" not in str(e).lower():
+            raise
+        raise UserError(f"model.g_ch={m.g_ch} / model.d_ch={m.d_ch}: the models do not fit in {device.type} memory "
+                        f"({' '.join(str(e).split())[:120]}); use smaller widths") from None
     ema = None
     if cfg.train.ema_decay > 0:
         ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
     return G, D, ema
 
 
-def restore_models(state: dict, device: torch.device):
-    """(config, G, D, EMA or None) of a checkpoint, weights loaded, on `device`."""
+def load_weights(state: dict, source, G, D, ema) -> None:
+    """G, D and the EMA from a checkpoint; weights that do not fit the models its own config
+    describes (an edited or mixed-up file) are a UserError naming it and what to pass instead."""
+    for name, module, weights in (("G", G, state["G"]), ("D", D, state["D"]),
+                                  ("G_ema", ema, state.get("G_ema"))):
+        if module is None:
+            continue
+        try:
+            if not isinstance(weights, dict):
+                raise TypeError(f"{name} is a {type(weights).__name__}, not a state dict")
+            module.load_state_dict(weights)
+        except (RuntimeError, TypeError, KeyError) as e:
+            detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+            raise UserError(f"{source}: its {name} weights do not fit the model its config describes "
+                            f"({detail[:160]}); {checkpoint.other_snapshot(Path(str(source)))}") from None
+
+
+def restore_models(state: dict, device: torch.device, source=None):
+    """(config, G, D, EMA or None) of a checkpoint (read from `source`, named in errors), weights
+    loaded, on `device`."""
+    source = source or "the checkpoint"
+    check_saved_config(state["config"], source)
     cfg = OmegaConf.create(state["config"])
     G, D, ema = build_models(cfg, device)
     image_shape = (3, cfg.dataset.resolution, cfg.dataset.resolution)
     layer_input_sizes(D, image_shape, device)  # the `operator` variant learns its input size first
-    G.load_state_dict(state["G"])
-    D.load_state_dict(state["D"])
-    if ema is not None:
-        ema.load_state_dict(state["G_ema"])
+    load_weights(state, source, G, D, ema)
     return cfg, G, D, ema
 
 
@@ -100,6 +126,7 @@ def real_data_metrics(cfg: DictConfig, dataset, device: torch.device):
     if not m.during_training:
         return None
     check_feature_extractor(m.feature_extractor, m.inception_weights)
+    writable_folder(m.cache_root, "metrics.cache_root")  # the real data's statistics are written there
     cache_name = real_stats_cache_name(cfg.dataset.name, cfg.dataset.get("root") or "",
                                        cfg.dataset.resolution, m.feature_extractor)
 
@@ -132,16 +159,17 @@ def load_resume_state(cfg: DictConfig, run_dir: Path, overrides: list[str] | Non
     (cfg.resume: false | true | auto | a path). A folder that holds a run is never started over."""
     resume_from = checkpoint.find_resume_checkpoint(cfg.resume, run_dir)
     if resume_from is None:
-        if (run_dir / "checkpoints" / checkpoint.LAST).exists():
+        if checkpoint.holds_run(run_dir):
             raise UserError(f"{run_dir} already holds a run: pass resume=true to continue it, "
                             "or choose another hydra.run.dir")
         return None, cfg
     state, resume_from = checkpoint.load_for_resume(resume_from, warn=log.warning)
+    check_saved_config(state["config"], resume_from)
     cfg = checkpoint.resume_config(state["config"], cfg, overrides, resume_from)
-    check_config(cfg)
-    record = run_dir / ".hydra" / "config.yaml"
-    if is_main and record.is_file():  # Hydra recorded the command's composition; the run goes on with this one
-        checkpoint.atomic_write_text(record, OmegaConf.to_yaml(cfg))
+    try:
+        check_config(cfg)
+    except UserError as e:
+        raise UserError(f"cannot resume {resume_from}: {e}") from None
     state["resumed_from"] = resume_from
     return state, cfg
 
@@ -149,15 +177,17 @@ def load_resume_state(cfg: DictConfig, run_dir: Path, overrides: list[str] | Non
 def restore_training_state(state: dict, cfg: DictConfig, ctx: distributed.Context, G, D, ema,
                            optimizers: tuple, stream: BatchStream, health: Health) -> int:
     """Load models, optimizers, schedulers, data position, RNG and health state; return the step."""
-    G.load_state_dict(state["G"])
-    D.load_state_dict(state["D"])
-    if ema is not None:
-        ema.load_state_dict(state["G_ema"])
-    for obj, key in zip(optimizers, ("opt_g", "opt_d", "sched_g", "sched_d")):
-        obj.load_state_dict(state[key])
-    stream.restore(state["data"])
-    health.load_state_dict(state.get("health") or {})  # checkpoints older than the health checks
-    start = state["step"]
+    source = state["resumed_from"]
+    load_weights(state, source, G, D, ema)
+    try:
+        for obj, key in zip(optimizers, ("opt_g", "opt_d", "sched_g", "sched_d")):
+            obj.load_state_dict(state[key])
+        stream.restore(state["data"])
+        health.load_state_dict(state.get("health") or {})  # checkpoints older than the health checks
+        start = int(state["step"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{source}: its training state does not fit the run ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:160]}); {checkpoint.other_snapshot(Path(source))}") from None
     rngs = state.get("rng_ranks") or [state["rng"]]
     if ctx.rank < len(rngs):  # the same world size resumes exactly
         checkpoint.set_rng_state(rngs[ctx.rank])
@@ -173,6 +203,9 @@ def check_device_settings(cfg: DictConfig, device: torch.device, ctx: distribute
     if cfg.train.batch_size % ctx.world_size:
         raise UserError(f"train.batch_size ({cfg.train.batch_size}) is the global batch: it must split "
                         f"evenly over the {ctx.world_size} ranks")
+    if ctx.enabled and cfg.train.batch_size // ctx.world_size < 2:  # G's batch normalization, per rank
+        raise UserError(f"train.batch_size must be >= {2 * ctx.world_size} on {ctx.world_size} ranks (the global "
+                        f"batch; G's batch normalization needs 2 images per rank), got {cfg.train.batch_size}")
     torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark)
 
 
@@ -220,11 +253,14 @@ def check_health(health: Health, monitor: Monitor, step: int, values: dict[str, 
         log.warning(line)
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, float]:
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
+          on_ready: Callable[[DictConfig], None] | None = None) -> dict[str, float]:
     """Run (or resume) one training run in `run_dir`; return the final logged metrics.
 
     `overrides`: the command line's Hydra overrides; a resume applies only these (resumable ones)
     over the saved run's config. None: every key of `cfg` counts as set.
+    `on_ready(cfg)`: called on rank 0 once every check has passed, before the run writes anything,
+    with the config it trains with (the CLI writes the run's `.hydra/` records there).
     Under torchrun every rank calls this; rank 0's `run_dir` is the run's folder.
     """
     check_config(cfg)
@@ -233,11 +269,34 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     device = distributed.rank_device(device, ctx)
     run_dir = Path(distributed.broadcast_object(str(run_dir), ctx))
     with run_lock(run_dir) if ctx.is_main else nullcontext():  # one trainer per run folder
-        return train_locked(cfg, run_dir, overrides, device, ctx)
+        try:
+            return train_locked(cfg, run_dir, overrides, device, ctx, on_ready)
+        except OSError as e:  # a full or read-only disk: the checkpoint writer kept the previous one whole
+            if not is_write_error(e):
+                raise
+            raise write_failure(e, run_dir) from None
+
+
+def check_dataset_size(cfg: DictConfig, dataset) -> None:
+    if len(dataset) < cfg.train.batch_size:
+        where = f" in dataset.root={cfg.dataset.root}" if cfg.dataset.get("root") else ""
+        raise UserError(f"train.batch_size must be at most the data set's {len(dataset)} images{where}, "
+                        f"got {cfg.train.batch_size}; lower it or add images")
+
+
+def write_failure(error: OSError, run_dir: Path) -> UserError:
+    """A full or read-only file system during a run, as one line saying what is kept and what to do."""
+    found = checkpoint.newest_readable(run_dir / "checkpoints")  # named only once read back whole
+    if found is None:
+        kept, then = "no checkpoint was written yet", "then start the run again"
+    else:
+        kept, then = (f"the last checkpoint {found[0]} (step {found[1]}) is intact",
+                      f"then continue with resume=true hydra.run.dir={run_dir}")
+    return UserError(f"cannot write {describe_os_error(error)}; {kept}: {write_error_fix(error)}, {then}")
 
 
 def train_locked(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, device: torch.device,
-                 ctx: distributed.Context) -> dict[str, float]:
+                 ctx: distributed.Context, on_ready: Callable[[DictConfig], None] | None = None) -> dict[str, float]:
     """The run itself, while this process holds the run folder (see `train`)."""
     saved, cfg = load_resume_state(cfg, run_dir, overrides, ctx.is_main)
     check_device_settings(cfg, device, ctx)
@@ -248,6 +307,7 @@ def train_locked(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, de
     seed_everything(cfg.seed)
 
     dataset = build_dataset(cfg.dataset)
+    check_dataset_size(cfg, dataset)
     real_metrics = None  # FID/IS/KID on real data; its extractor is checked before any work
     if ctx.is_main and getattr(dataset, "oracle", None) is None:
         real_metrics = real_data_metrics(cfg, dataset, device)
@@ -265,6 +325,9 @@ def train_locked(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, de
     if saved is not None:
         start = restore_training_state(saved, cfg, ctx, G, D, ema, (opt_g, opt_d, sched_g, sched_d),
                                        stream, health)
+    # Every check has passed: from here on the run writes into its folder.
+    if ctx.is_main and on_ready is not None:
+        on_ready(cfg)
     if ctx.is_main:
         for line in runinfo.header(cfg, run_dir, G, D, device, start):
             log.info(line)
@@ -352,35 +415,82 @@ def hparams_of(cfg: DictConfig) -> dict:
             "batch_size": cfg.train.batch_size}
 
 
+def quiet_write_errors_in_threads() -> None:
+    """A full disk seen by TensorBoard's writer thread comes back in the main thread, where it
+    becomes the run's one-line error; the thread's own traceback would only repeat it. The same for
+    a log file that takes no more lines (logging would print a traceback per line)."""
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        if not is_write_error(args.exc_value):
+            default(args)
+    threading.excepthook = hook
+    logging.raiseExceptions = False
+
+
+def console_only(level: int, message: str) -> None:
+    """Log on the console but not in the run folder's train.log."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="train")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    from sngan.records import write_records
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     # In a sweep one job's end must not end the sweep (sys.exit would), and a job has no exit code:
     # every outcome goes to the job's status.json and the console instead.
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    writes = int(os.environ.get("RANK", "0")) == 0  # ranks > 0 keep no run folder of their own
+    # A command that fails must leave a folder that holds a run as it was: only a new run records
+    # its failure there.
+    new_run = not checkpoint.holds_run(run_dir)
+    ready = []
+
+    def record(final_cfg: DictConfig) -> None:  # the checks have passed: the run's .hydra/ records
+        write_records(run_dir, final_cfg, HydraConfig.instance().cfg)
+        ready.append(True)
+
+    def failed(reason: str, exc_info: bool = False) -> None:
+        if not (writes and new_run):
+            console_only(logging.ERROR, reason)
+            return
+        log.error("%s", reason, exc_info=exc_info)
+        write_status(run_dir, "failed", reason=reason)
+        if not ready:  # so that the sweep's report lists this job
+            write_records(run_dir, cfg, HydraConfig.instance().cfg)
+
+    quiet_write_errors_in_threads()
     try:
-        train(cfg, run_dir, list(hydra_cfg.overrides.task))
+        train(cfg, run_dir, list(hydra_cfg.overrides.task), on_ready=record if writes else None)
     except UserError as e:
         if not in_sweep:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        log.error("%s", e)
-        write_status(run_dir, "failed", reason=str(e))
+        failed(str(e))
     except RunDiverged as e:
-        write_status(run_dir, "diverged", step=e.step, reason=str(e))
+        if writes:
+            write_status(run_dir, "diverged", step=e.step, reason=str(e))
         if not in_sweep:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(3)
         log.error("%s", e)
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoints are whole (atomic writes); say how to go on
+        if not in_sweep:
+            print(f"error: interrupted; continue with resume=true hydra.run.dir={run_dir}", file=sys.stderr)
+            sys.exit(130)
+        raise
     except Exception as e:
         if not in_sweep:
             raise
-        log.exception("failed with an unexpected error")
-        write_status(run_dir, "failed", reason=f"{type(e).__name__}: {e}")
+        failed(f"{type(e).__name__}: {e}", exc_info=True)
     finally:
         distributed.shutdown()
 

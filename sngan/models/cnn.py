@@ -53,7 +53,8 @@ class CNNGenerator(nn.Module):
         k = num_stages(resolution)
         if g_ch >> k < 1:
             raise ValueError(
-                f"cnn generator halves g_ch {k} times at resolution {resolution}: g_ch must be >= {2**k}, got {g_ch}"
+                f"model.g_ch must be >= {2**k} for the cnn generator at resolution {resolution} (it halves the "
+                f"width {k} times), got {g_ch}"
             )
         self.z_dim, self.g_ch, self.resolution = z_dim, g_ch, resolution
         self.fc = nn.Linear(z_dim, 4 * 4 * g_ch)

@@ -114,8 +114,8 @@ class ResNetGenerator(nn.Module):
         widths = [g_ch] * (k + 1) if resolution == 32 else [g_ch >> i for i in range(k + 1)]
         if widths[-1] < 1:
             raise ValueError(
-                f"resnet generator halves g_ch {k} times at resolution {resolution}: "
-                f"g_ch must be >= {2**k}, got {g_ch}"
+                f"model.g_ch must be >= {2**k} for the resnet generator at resolution {resolution} (it halves "
+                f"the width {k} times), got {g_ch}"
             )
         self.z_dim, self.g_ch, self.resolution = z_dim, g_ch, resolution
         self.fc = nn.Linear(z_dim, 4 * 4 * g_ch)

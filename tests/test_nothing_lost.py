@@ -1,0 +1,193 @@
+"""Nothing lost: a full or read-only disk during a run (new or resumed) stops it with one line,
+keeps the previous checkpoint whole and loadable and leaves no temporary file; the trainer writes
+the .hydra/ records Hydra would; an error inside a data-loader worker reads as the same one line.
+
+The file-system failures are simulated in the writer (these machines run as root, whom chmod
+does not stop); where this process may mount a small tmpfs, the same is also shown on a real one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import types
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, TINY_MODEL, call, compose_config, snapshot
+from sngan import checkpoint
+from sngan.errors import UserError
+from sngan.train import train
+from test_resume import assert_identical
+
+RUN = TINY + ["log.every=2", "log.sample_every=2", "log.eval_every=2", "ckpt.every=2", "ckpt.keep=2"]
+
+
+def _fail_the_nth_save(monkeypatch, n: int, error: int = errno.ENOSPC) -> None:
+    """torch.save writes part of the file, then the disk is full (or read-only), from call n on."""
+    real_save, calls = torch.save, {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] < n:
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"\0" * 4096)
+        raise OSError(error, os.strerror(error))
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+
+
+def _no_temporary_files(run) -> None:
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".write-test-")]
+
+
+def test_a_full_disk_stops_a_new_run_and_a_resumed_one_keeping_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    straight = tmp_path / "straight"
+    assert call("train", RUN + ["train.steps=6", f"hydra.run.dir={straight}"])[0] == 0
+
+    run = tmp_path / "run"
+    _fail_the_nth_save(monkeypatch, 3)  # step 2 (snapshot, last.pt) is written; step 4's snapshot is not
+    code, printed, _ = call("train", RUN + ["train.steps=6", f"hydra.run.dir={run}"], capsys)
+    assert code == 2 and "Traceback" not in printed and printed.strip().count("\n") == 0
+    assert printed.startswith(f"error: cannot write {run / 'checkpoints' / 'step_0000004.pt'} (No space left on device)")
+    assert f"the last checkpoint {run / 'checkpoints' / 'last.pt'} (step 2) is intact" in printed
+    assert f"free space on that file system, then continue with resume=true hydra.run.dir={run}" in printed
+    assert checkpoint.load(run / "checkpoints" / "last.pt", need=checkpoint.RESUME_KEYS)["step"] == 2
+    _no_temporary_files(run)
+
+    # resumed, and the disk fills again at its first checkpoint: step 2 is still what is kept
+    _fail_the_nth_save(monkeypatch, 1)
+    code, printed, _ = call("train", ["resume=true", f"hydra.run.dir={run}"], capsys)
+    assert code == 2 and printed.strip().count("\n") == 0 and "(step 2) is intact" in printed
+    assert checkpoint.load(run / "checkpoints" / "last.pt")["step"] == 2
+    _no_temporary_files(run)
+
+    monkeypatch.undo()  # space again: the run goes on from step 2 as if nothing had happened
+    assert call("train", ["resume=true", f"hydra.run.dir={run}"])[0] == 0
+    assert_identical(checkpoint.load(straight / "checkpoints" / "last.pt"),
+                     checkpoint.load(run / "checkpoints" / "last.pt"))
+
+
+def test_a_read_only_file_system_mid_run_and_at_the_start(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    _fail_the_nth_save(monkeypatch, 3, errno.EROFS)
+    code, printed, _ = call("train", RUN + ["train.steps=6", f"hydra.run.dir={run}"], capsys)
+    assert code == 2 and "Traceback" not in printed and printed.strip().count("\n") == 0
+    assert "(Read-only file system)" in printed and "make the file system writable" in printed
+    assert "(step 2) is intact" in printed
+    _no_temporary_files(run)
+    monkeypatch.undo()
+
+    # the whole folder read-only when a resume starts: refused before anything, the folder as it was
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    import sngan.paths
+    monkeypatch.setattr(sngan.paths, "tempfile", types.SimpleNamespace(mkstemp=read_only))
+    before = snapshot(run)
+    code, printed, _ = call("train", ["resume=true", f"hydra.run.dir={run}"], capsys)
+    assert code == 2 and printed.strip() == (f"error: hydra.run.dir={run} cannot be written: {run} "
+                                             "(Read-only file system); choose a writable hydra.run.dir")
+    assert snapshot(run) == before
+
+
+def _mount_tmpfs(where, size: str) -> bool:
+    where.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_real_full_then_read_only_tmpfs(tmp_path, capsys):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "8m"):
+        pytest.skip("cannot mount a tmpfs here (needs root); the simulated tests above cover the writer")
+    try:
+        run = disk / "run"
+        assert call("train", RUN + ["train.steps=2", f"hydra.run.dir={run}"])[0] == 0
+        kept = checkpoint.load(run / "checkpoints" / "last.pt")
+        with open(disk / "filler", "wb") as f:  # fill the disk to the last byte
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+        code, printed, _ = call("train", ["resume=true", "train.steps=4", f"hydra.run.dir={run}"], capsys)
+        assert code == 2 and "Traceback" not in printed and printed.strip().count("\n") == 0
+        assert "(No space left on device)" in printed and "(step 2) is intact" in printed
+        assert_identical(kept, checkpoint.load(run / "checkpoints" / "last.pt"))
+        _no_temporary_files(run)
+
+        (disk / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        before = snapshot(run)
+        code, printed, _ = call("train", ["resume=true", "train.steps=4", f"hydra.run.dir={run}"], capsys)
+        assert code == 2 and printed.strip().count("\n") == 0 and "(Read-only file system)" in printed
+        assert snapshot(run) == before
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_the_trainer_writes_the_records_hydra_would(tmp_path):
+    """Hydra's own copy (hydra.output_subdir=.orig) beside the trainer's .hydra/: the same bytes,
+    but for the line that says where the records are."""
+    run = tmp_path / "run"
+    assert call("train", TINY + ["train.steps=1", f"hydra.run.dir={run}", "hydra.output_subdir=.orig"])[0] == 0
+    for name in ("config.yaml", "overrides.yaml"):
+        assert (run / ".hydra" / name).read_text() == (run / ".orig" / name).read_text()
+    ours, theirs = ((run / d / "hydra.yaml").read_text().splitlines() for d in (".hydra", ".orig"))
+    assert [(a, b) for a, b in zip(ours, theirs) if a != b] == [("  output_subdir: .hydra", "  output_subdir: .orig")]
+
+
+def test_an_error_in_a_data_loader_worker_is_the_same_one_line(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(7):
+        Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(images / f"{i}.png")
+    (images / "7.png").write_bytes(b"not an image")  # read in the first epoch, after image 0
+    base = TINY_MODEL + ["dataset=folder", f"dataset.root={images}", "metrics.during_training=false",
+                         "train.batch_size=4", "train.steps=4", "log.every=100"]
+    lines = {}
+    for workers in (0, 2):
+        code, printed, _ = call("train", base + [f"dataset.num_workers={workers}", f"hydra.run.dir={tmp_path / str(workers)}"],
+                             capsys)
+        assert code == 2 and "Traceback" not in printed and printed.strip().count("\n") == 0, printed
+        lines[workers] = printed.strip()
+    assert lines[0] == lines[2]
+    assert lines[0].startswith(f"error: cannot read image {images / '7.png'}")
+
+
+def test_dataset_alone_brings_its_resolution_and_the_models_widths():
+    cfg = compose_config(["dataset=cifar10"])
+    assert (cfg.dataset.resolution, cfg.model.g_ch, cfg.model.d_ch, cfg.train.instance_noise) == (32, 512, 64, 0.0)
+    cfg = compose_config(["dataset=celeba", "model=resnet"])
+    assert (cfg.dataset.resolution, cfg.model.g_ch, cfg.model.d_ch) == (64, 256, 128)
+    cfg = compose_config(["dataset=cifar10", "model.g_ch=64"])  # what is set stays set
+    assert (cfg.dataset.resolution, cfg.model.g_ch) == (32, 64)
+    cfg = compose_config([])  # the embedded run keeps its own sizes
+    assert (cfg.dataset.resolution, cfg.model.g_ch, cfg.model.d_ch, cfg.train.instance_noise) == (16, 128, 32, 0.2)
+
+
+def test_train_refuses_a_data_set_smaller_than_one_batch_by_name(tmp_path):
+    cfg = compose_config(TINY + ["dataset.size=4"])
+    with pytest.raises(UserError, match=r"dataset.size must be at least one batch \(train.batch_size=8\), got 4"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_job_refused_on_a_folder_that_holds_a_run_leaves_it_as_it_was(tmp_path, capsys):
+    """Relaunching a sweep (resume=auto) while a job's folder is busy: that job fails, the sweep goes
+    on, and the folder, its status.json and .hydra/ included, is as it was."""
+    from sngan.runlock import run_lock
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", f"hydra.sweep.dir={sweep}", "resume=auto", *TINY, "train.steps=1", "seed=0,1"]
+    assert call("train", args)[0] == 0
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    busy = next(p for p in jobs if "seed=0" in p.name.split(","))
+    before = snapshot(busy)
+    with run_lock(busy):
+        code, err, out = call("train", args, capsys)
+    assert code == 0 and "is in use by another trainer" in out + err and "Traceback" not in out + err
+    assert snapshot(busy) == before
