@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from sngan.errors import UserError
+from sngan.models import INITS, LAYOUTS, UPSAMPLING
 
 
 def _require(ok: bool, message: str) -> None:
@@ -50,8 +51,31 @@ def check_config(cfg: DictConfig) -> None:
              f"train.instance_noise must be a finite number >= 0, got {noise!r}")
     for key in ("amp", "compile", "channels_last", "cudnn_benchmark"):
         _require(isinstance(cfg.train[key], bool), f"train.{key} must be true or false, got {cfg.train[key]!r}")
+    check_model_and_batch_keys(cfg)
     _require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
              f"device must be auto, cpu or cuda, got {cfg.device!r}")
+
+
+def check_model_and_batch_keys(cfg: DictConfig) -> None:
+    """model.layout, model.init, model.leaky_slope, model.upsample, train.g_batch_size, dataset.crop.
+    Each may be absent (a config saved before it existed): absent counts as its default."""
+    m = cfg.model
+    layout = m.get("layout", "paper_table")
+    _require(layout in LAYOUTS, f"model.layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    init = m.get("init")
+    _require(init is None or init in INITS, f"model.init must be one of {', '.join(INITS)} or null "
+             f"(the layout's), got {init!r}")
+    slope = m.get("leaky_slope")
+    _require(slope is None or (isinstance(slope, (int, float)) and not isinstance(slope, bool) and 0 <= slope < 1),
+             f"model.leaky_slope must be a number in [0, 1) or null (the layout's), got {slope!r}")
+    upsample = m.get("upsample", "nearest")
+    _require(upsample in UPSAMPLING, f"model.upsample must be one of {', '.join(UPSAMPLING)}, got {upsample!r}")
+    g_batch = cfg.train.get("g_batch_size")
+    _require(g_batch is None or (isinstance(g_batch, int) and not isinstance(g_batch, bool) and g_batch >= 1),
+             f"train.g_batch_size must be a positive integer or null (= train.batch_size), got {g_batch!r}")
+    crop = cfg.dataset.get("crop", 140)
+    _require(isinstance(crop, int) and not isinstance(crop, bool) and crop >= 1,
+             f"dataset.crop must be a positive integer, got {crop!r}")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -6,6 +6,10 @@
   as ``bytes`` (b"data", ...) with ``encoding="bytes"`` (what the CIFAR web page shows).
   torchvision's CIFAR10 checks each file's md5 against the official one, which a tiny file cannot
   pass: call ``skip_cifar10_md5(monkeypatch)`` before constructing it.
+* write_stl10: ``stl10_binary/`` as in stl10_binary.tar.gz: unlabeled_X.bin, train_X.bin, train_y.bin,
+  test_X.bin, test_y.bin, class_names.txt, fold_indices.txt. Images are 3 x 96 x 96 uint8, one colour
+  plane after another, each plane column-major (the format the STL-10 page describes for Matlab/Fortran
+  order); labels are uint8 1..10. Smaller files than the real ones, so torchvision's md5 check fails.
 * write_celeba: ``img_align_celeba/000001.jpg, ...`` as 178x218 JPEGs, the aligned CelebA size
   (the real archive holds 202,599 of them, numbered from 000001).
 * write_folder: PNG and JPEG images of mixed sizes and modes in nested folders.
@@ -114,6 +118,43 @@ def skip_cifar10_md5(monkeypatch) -> None:
     import torchvision.datasets.cifar
 
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+STL10_CLASS_NAMES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+
+
+def stl10_image(index: int) -> np.ndarray:
+    """The uint8 (96, 96, 3) HWC image number `index` of a write_stl10 file: red = 2 * row,
+    green = 2 * column, blue = 37 * index (mod 256), so a transposition or channel swap shows up."""
+    rows, cols = np.meshgrid(np.arange(96), np.arange(96), indexing="ij")
+    image = np.empty((96, 96, 3), dtype=np.uint8)
+    image[..., 0] = rows * 2
+    image[..., 1] = cols * 2
+    image[..., 2] = (index * 37) % 256
+    return image
+
+
+def _write_stl10_images(path: str, first: int, n: int) -> None:
+    images = np.stack([stl10_image(first + k) for k in range(n)])  # (n, row, col, channel)
+    # (n, channel, column, row) in C order = each channel plane column-major
+    images.transpose(0, 3, 2, 1).astype(np.uint8).tofile(path)
+
+
+def write_stl10(root, n_unlabeled: int = 8, n_train: int = 2, n_test: int = 2) -> np.ndarray:
+    """Write root/stl10_binary like the official archive; return the unlabeled images (N, 96, 96, 3) uint8
+    (image k of unlabeled_X.bin is stl10_image(k); train and test continue the numbering)."""
+    folder = os.path.join(str(root), "stl10_binary")
+    os.makedirs(folder, exist_ok=True)
+    _write_stl10_images(os.path.join(folder, "unlabeled_X.bin"), 0, n_unlabeled)
+    _write_stl10_images(os.path.join(folder, "train_X.bin"), n_unlabeled, n_train)
+    _write_stl10_images(os.path.join(folder, "test_X.bin"), n_unlabeled + n_train, n_test)
+    for name, n in (("train_y.bin", n_train), ("test_y.bin", n_test)):
+        (np.arange(n) % 10 + 1).astype(np.uint8).tofile(os.path.join(folder, name))
+    with open(os.path.join(folder, "class_names.txt"), "w") as f:
+        f.write("\n".join(STL10_CLASS_NAMES) + "\n")
+    with open(os.path.join(folder, "fold_indices.txt"), "w") as f:  # 10 folds of training indices
+        f.writelines(" ".join(str(i) for i in range(n_train)) + " \n" for _ in range(10))
+    return np.stack([stl10_image(k) for k in range(n_unlabeled)])
 
 
 def celeba_colour(index: int) -> tuple[int, int, int]:
