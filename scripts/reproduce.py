@@ -79,7 +79,7 @@ def report(experiment: str, run_dir: Path, results: dict[str, dict], rows: list[
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python scripts/reproduce.py", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1].format(published=published_text()),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", choices=sorted(PUBLISHED), help="the preset (configs/experiment/NAME.yaml)")
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-root", default=CACHE_ROOT, help="where real-data feature statistics are cached")
     p.add_argument("--skip-training", action="store_true", help="evaluate the run folder's last checkpoint as it is")
     p.add_argument("overrides", nargs="*", help="extra `key=value` overrides for the training run")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     run_dir = Path(a.run_dir or f"outputs/reproduce/{a.experiment}").resolve()
     if not a.skip_training:
         train_preset(a.experiment, a.root, run_dir, a.device, a.overrides)

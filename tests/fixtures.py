@@ -13,6 +13,8 @@
 * write_celeba: ``img_align_celeba/000001.jpg, ...`` as 178x218 JPEGs, the aligned CelebA size
   (the real archive holds 202,599 of them, numbered from 000001).
 * write_folder: PNG and JPEG images of mixed sizes and modes in nested folders.
+* register_test_features(): a small stand-in for Inception (whose weights cannot be downloaded here),
+  registered with torch-fidelity as ``sngan-test-features``.
 
 Pixel content is known, so tests can check that values arrive in the right place.
 """
@@ -201,3 +203,54 @@ def write_folder(root, n: int = 6) -> list[str]:
             image = image.convert("RGBA")  # alpha channel: must still load as RGB
         image.save(path, quality=95) if path.endswith(".jpg") else image.save(path)
     return names
+
+
+def register_test_features() -> str:
+    """Register SmallFeatures with torch-fidelity (once); return its name."""
+    import torch_fidelity
+
+    if "sngan-test-features" not in torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor("sngan-test-features", _small_features())
+    return "sngan-test-features"
+
+
+def _small_features():
+    import torch
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+    class SmallFeatures(FeatureExtractorBase):
+        """A stand-in for Inception (whose weights cannot be downloaded here): fixed random conv features."""
+
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+            gen = torch.Generator().manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.head = torch.nn.Linear(16, 10)
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("16", "logits_unbiased")
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"isc": "logits_unbiased", "fid": "16", "kid": "16"}[metric]
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+        def forward(self, x):
+            assert x.dtype == torch.uint8
+            feats = torch.relu(self.conv(x.float() / 255)).mean(dim=(2, 3)).double()
+            out = {"16": feats, "logits_unbiased": self.head(feats.float()).double()}
+            return tuple(out[name] for name in self.features_list)
+
+    return SmallFeatures
+
