@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root", required=True, help="the data set's folder (dataset.root)")
     p.add_argument("--run-dir", help="the run folder (default: outputs/reproduce/EXPERIMENT)")
     p.add_argument("--device", default="cuda", help="device for training and evaluation (default: cuda)")
-    p.add_argument("--inception-weights", default="", help="offline: a local copy of torch-fidelity's Inception weights")
+    p.add_argument("--inception-weights", default="",
+                   help="offline: a local copy of torch-fidelity's Inception weights")
     p.add_argument("--feature-extractor", default=DEFAULT_FEATURE_EXTRACTOR,
                    help=f"torch-fidelity feature extractor (default: {DEFAULT_FEATURE_EXTRACTOR})")
     p.add_argument("--cache-root", default=CACHE_ROOT, help="where real-data feature statistics are cached")

@@ -338,7 +338,8 @@ def test_stl10_reads_the_same_pixels_as_torchvision(tmp_path, monkeypatch):
 
 def test_stl10_resizes_to_48_and_is_picklable(tmp_path):
     write_stl10(tmp_path, n_unlabeled=4)
-    ds = build_dataset(OmegaConf.create({"name": "stl10", "root": str(tmp_path), "resolution": 48, "download": False}))
+    cfg = {"name": "stl10", "root": str(tmp_path), "resolution": 48, "download": False}
+    ds = build_dataset(OmegaConf.create(cfg))
     x = ds[3]
     assert x.dtype == torch.float32 and x.shape == (3, 48, 48)
     pixels = (x + 1) * 127.5

@@ -215,8 +215,8 @@ def test_evaluate_with_a_protocol_matches_direct_torch_fidelity_calls(tmp_path, 
     subset = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:50].sort().values.tolist()
     G.eval()
     wrapped = torch_fidelity.GenerativeModelModuleWrapper(metrics._Uint8Generator(G), G.z_dim, "normal", 0)
-    common = dict(input1=wrapped, feature_extractor=features, rng_seed=state["config"]["seed"], verbose=False, cuda=False,
-                  save_cpu_ram=True)
+    common = dict(input1=wrapped, feature_extractor=features, rng_seed=state["config"]["seed"], verbose=False,
+                  cuda=False, save_cpu_ram=True)
     direct_isc = torch_fidelity.calculate_metrics(**common, input1_model_num_samples=40, isc=True, isc_splits=4)
     direct_fid = torch_fidelity.calculate_metrics(
         **common, input1_model_num_samples=30, fid=True,

@@ -146,7 +146,8 @@ class STL10Binary(Dataset):
         image_bytes = 3 * STL10_SIDE * STL10_SIDE
         if size == 0 or size % image_bytes:
             raise UserError(f"{path} is not an STL-10 binary file ({size} bytes, not a positive multiple of "
-                            f"{image_bytes}): it is truncated or damaged; delete it and extract stl10_binary.tar.gz again")
+                            f"{image_bytes}): it is truncated or damaged; delete it and extract "
+                            "stl10_binary.tar.gz again")
         self.n = size // image_bytes
         self._images: np.ndarray | None = None
 

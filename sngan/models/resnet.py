@@ -7,12 +7,17 @@ conv keeps the input width, with a conv1x1(-avgpool) shortcut when they downsamp
 ReLU, global sum pooling and a Linear. Widths per resolution (g_ch: G's width at the bottom map; d_ch:
 the first D block's):
 
-| resolution | ``paper_table`` (default) | ``authors`` |
-| --- | --- | --- |
-| 32 | Table 4 (g_ch=256, d_ch=128): G 3 up-blocks at g_ch; D down d_ch, down d_ch, 2 plain blocks, Linear(d_ch, 1) | the same (sngan_projection resnet_32 / snresnet_32), but the final Linear has no bias (``nobias=True``) |
-| 48 | Table 5 (g_ch=512, d_ch=64): G from 6x6, 3 up-blocks halving the width; D down d_ch, 2d_ch, 4d_ch, 8d_ch (to 3x3), a plain block widening to 16d_ch | the same (no released code; Mimicry's sngan_48 is this table) |
-| 64 | generic: G 4 up-blocks halving g_ch; D down d_ch .. 8d_ch (to 4x4), one plain block at 8d_ch | sngan_projection resnet_64 / snresnet_64 (= Mimicry's sngan_64; g_ch=1024, d_ch=64): D 5 down-blocks d_ch .. 16d_ch, to 2x2 |
-| 16, 128 | generic, as at 64 | not defined (no reference) |
+- 32 px, Table 4 (paper widths g_ch=256, d_ch=128): G 3 up-blocks at g_ch; D down d_ch, down d_ch,
+  two plain blocks, Linear(d_ch, 1). ``authors`` is the same model (sngan_projection resnet_32 /
+  snresnet_32) except that its final Linear has no bias (``nobias=True``).
+- 48 px, Table 5 (g_ch=512, d_ch=64), both layouts: G from 6x6, 3 up-blocks halving the width; D down
+  d_ch, 2d_ch, 4d_ch, 8d_ch (to 3x3), then a plain block widening to 16d_ch. There is no released code
+  for it; Mimicry's sngan_48 is this table.
+- 64 px, ``authors``: sngan_projection resnet_64 / snresnet_64, which Mimicry's sngan_64 copies
+  (g_ch=1024, d_ch=64): G 4 up-blocks halving g_ch; D 5 down-blocks d_ch .. 16d_ch, ending at 2x2.
+- 64 px ``paper_table``, and 16 and 128 px (``paper_table`` only; no reference), with k = log2(R / 4):
+  G k up-blocks each halving g_ch (64 px, g_ch=512: 512 -> 256 -> 128 -> 64 -> 32); D down-blocks
+  d_ch .. d_ch * 2**(k-1) to 4x4, then one plain block at that width (64 px: 64, 128, 256, 512, 512).
 
 ``upsample``: ``nearest`` (the Chainer code's unpooling) or ``bilinear`` (Mimicry's GBlock,
 align_corners=False). ``init``: ``xavier`` (as the Chainer code and Mimicry: xavier_uniform_ with gain
