@@ -306,8 +306,9 @@ def train_locked(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, de
     try:
         while step < t.steps:
             it = gan_iteration(G, D, opt_g, opt_d, next_real, batch_size=t.batch_size // ctx.world_size,
-                               g_batch_size=g_batch_size // ctx.world_size, n_dis=t.n_dis, loss=cfg.loss.name, instance_noise=t.instance_noise,
-                               D_update=D_update, G_update=G_update, amp_dtype=amp_dtype)
+                               g_batch_size=g_batch_size // ctx.world_size, n_dis=t.n_dis, loss=cfg.loss.name,
+                               instance_noise=t.instance_noise, D_update=D_update, G_update=G_update,
+                               amp_dtype=amp_dtype)
             distributed.sync_buffers(ctx, G, D)
             sched_g.step()
             sched_d.step()

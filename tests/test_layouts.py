@@ -15,6 +15,8 @@ References (commits as fetched):
   (the authors' ResNet code; configs/sn_cifar10_unconditional.yml builds the 32 px pair).
 - [MIM] kwotsin/mimicry @ a7fda06c: torch_mimicry/nets/sngan/sngan_32.py, sngan_48.py, sngan_64.py,
   torch_mimicry/modules/resblocks.py (GBlock upsamples bilinearly, align_corners=False).
+- [PGC] w86763777/pytorch-gan-collections @ 860e90bd, source/models/sngan.py: Discriminator(M), a
+  PyTorch port with the authors' widths and N(0, 0.02) init but LeakyReLU 0.1.
 - [PAPER] Miyato et al. 2018, arXiv:1802.05957, Appendix B.4: Table 3 (standard CNN, LeakyReLU 0.1),
   Table 4 (ResNet, CIFAR-10), Table 5 (ResNet, STL-10).
 """
@@ -116,6 +118,17 @@ def paper_table3_discriminator(M: int = 32) -> list[tuple]:
     return seq + [("linear", (M // 8) ** 2 * 512, 1, True)]
 
 
+def pgc_discriminator(M: int = 32) -> list[tuple]:
+    """[PGC] Discriminator(M).main: nn.Sequential of convs, each followed by nn.LeakyReLU(0.1), then
+    Linear(M // 8 * M // 8 * 512, 1)."""
+    convs = [(3, 64, 3, 1, 1), (64, 128, 4, 2, 1), (128, 128, 3, 1, 1), (128, 256, 4, 2, 1), (256, 256, 3, 1, 1),
+             (256, 512, 4, 2, 1), (512, 512, 3, 1, 1)]
+    seq = []
+    for conv in convs:
+        seq += [("conv", *conv), ("lrelu", 0.1)]
+    return seq + [("linear", M // 8 * M // 8 * 512, 1, True)]
+
+
 @pytest.mark.parametrize("resolution,bottom", [(32, 4), (48, 6)])
 def test_cnn_generator_is_the_authors_dcgan_generator(resolution, bottom):
     for layout in ("paper_table", "authors"):
@@ -134,6 +147,13 @@ def test_cnn_discriminator_layouts(resolution, bottom):
     authors = build_discriminator("cnn", resolution=resolution, d_ch=64, layout="authors")
     assert read_back(authors) == cgl_sndcgan_discriminator(bottom_width=bottom, ch=512)
     assert n_params(authors) == count(cgl_sndcgan_discriminator(bottom_width=bottom))
+
+
+def test_the_pytorch_port_is_the_authors_layout_with_slope_0_1():
+    for resolution in (32, 48):
+        D = build_discriminator("cnn", resolution=resolution, d_ch=64, layout="authors", leaky_slope=0.1)
+        assert read_back(D) == pgc_discriminator(M=resolution)
+    assert count(pgc_discriminator(32)) == count(cgl_sndcgan_discriminator(4)) == 5_860_865
 
 
 def test_cnn_parameter_counts_at_32():
