@@ -113,10 +113,7 @@ def test_unavailable_inception_weights_stop_a_real_data_run_before_it_starts(tmp
 
 
 @pytest.mark.parametrize("args,message", [([], "missing ckpt"), (["ckpt=/nonexistent"], "does not exist"),
-                                          (["ckpt=x", "n=1"], "n must be an integer >= 2"),
-                                          (["ckpt=x", "metrics.protocol=paper"], "not a protocol; choose one of: "
-                                                                                 "default, sngan, mimicry"),
-                                          (["ckpt=x", "n=500", "metrics.protocol=sngan"], "n does not apply")])
+                                          (["ckpt=x", "n=1"], "n must be an integer >= 2")])
 def test_bad_arguments(tmp_path, args, message):
     proc = run_cli(args, cwd=tmp_path, module="sngan.evaluate")
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
@@ -229,3 +226,15 @@ def test_evaluate_with_a_protocol_matches_direct_torch_fidelity_calls(tmp_path, 
     train(compose_config(TINY + QUIET + ["train.steps=1"]), synthetic)
     with pytest.raises(UserError, match="scored by its oracle: drop metrics.protocol"):
         evaluate(str(synthetic), protocol="sngan")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["ckpt=x", "metrics.protocol=paper"], "not a protocol; choose one of: default, sngan, mimicry"),
+    (["ckpt=x", "n=500", "metrics.protocol=sngan"], "n does not apply with metrics.protocol=sngan"),
+])
+def test_bad_protocol_arguments(args, message):
+    from sngan.evaluate import main
+
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert str(info.value).startswith("error: ") and message in str(info.value)

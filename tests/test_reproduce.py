@@ -78,7 +78,7 @@ def test_reproduce_help_documents_the_protocols():
     assert "IS 8.22 ± .05, FID 21.7 ± .21 (sngan)" in text
 
 
-def test_reproduce_refuses_a_preset_without_a_published_number(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "embedded", "--root", str(tmp_path)], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2 and "invalid choice: 'embedded'" in proc.stderr
+def test_reproduce_refuses_a_preset_without_a_published_number(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        _script().main(["embedded", "--root", str(tmp_path)])
+    assert info.value.code == 2 and "invalid choice: 'embedded'" in capsys.readouterr().err

@@ -227,12 +227,7 @@ def test_trains_on_a_celeba_folder_of_jpegs_from_the_cli(tmp_path):
     (["train.instance_noise=nan"], "train.instance_noise must be a finite number"),
     (["optim.lrr=0.1"], "lrr"),
     (["resume=true"], "nothing to resume"),
-    (["model.layout=chainer"], "model.layout must be one of paper_table, authors"),
-    (["model.init=kaiming"], "model.init must be one of xavier, normal or null"),
-    (["model.leaky_slope=2"], "model.leaky_slope must be a number in [0, 1)"),
-    (["train.g_batch_size=0"], "train.g_batch_size must be a positive integer or null"),
-    (["model=resnet", "model.upsample=cubic"], "model.upsample must be one of nearest, bilinear"),
-    (["model=resnet", "model.layout=authors"], "the authors' resnet layout exists at 32, 48, 64 px"),
+
     (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], "device"),
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, message):
@@ -240,6 +235,23 @@ def test_bad_input_fails_cleanly(tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["model.layout=chainer"], "model.layout must be one of paper_table, authors, got 'chainer'"),
+    (["model.init=kaiming"], "model.init must be one of xavier, normal or null"),
+    (["model.leaky_slope=2"], "model.leaky_slope must be a number in [0, 1)"),
+    (["train.g_batch_size=0"], "train.g_batch_size must be a positive integer or null"),
+    (["model=resnet", "model.upsample=cubic"], "model.upsample must be one of nearest, bilinear"),
+    (["dataset=celeba", "dataset.crop=-1"], "dataset.crop must be a positive integer"),
+    (["model=resnet", "model.layout=authors"], "model: the authors' resnet layout exists at 32, 48, 64 px"),
+])
+def test_bad_layout_and_batch_keys_are_one_line_user_errors(tmp_path, args, message):
+    """(The CLI prints any UserError as one line without a traceback: test_bad_input_fails_cleanly.)"""
+    with pytest.raises(UserError) as info:
+        _train(tmp_path, ["train.steps=1"] + args, base=TINY_MODEL)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.slow
