@@ -108,8 +108,16 @@ def _null_text(text: str):
     return None if text.strip().lower() in ("", "null", "none") else text
 
 
+def _or_null(spec: Spec, nullable: bool) -> Spec:
+    """`spec`, or also null (YAML's null; `null` on a command line) when `nullable`."""
+    if not nullable:
+        return spec
+    return Spec(spec.requirement + " or null", lambda v: v is None or spec.accepts(v),
+                lambda t: None if t.strip().lower() in ("null", "none") else spec.from_text(t), spec.required, spec.hint)
+
+
 def integer(low: int | None = None, high: int | None = None, *, allowed: tuple[int, ...] = (), hint: str = "",
-            required: bool = True) -> Spec:
+            required: bool = True, nullable: bool = False) -> Spec:
     if allowed:
         requirement = f"one of {', '.join(map(str, allowed))}"
     elif high is None:
@@ -118,11 +126,11 @@ def integer(low: int | None = None, high: int | None = None, *, allowed: tuple[i
         requirement = f"an integer in [{low}, {high}]"
     ok = lambda v: _is_int(v) and (not allowed or v in allowed) and (low is None or v >= low) \
         and (high is None or v <= high)
-    return Spec(requirement, ok, _int_text, required, hint)
+    return _or_null(Spec(requirement, ok, _int_text, required, hint), nullable)
 
 
 def number(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False,
-           hint: str = "") -> Spec:
+           hint: str = "", required: bool = True, nullable: bool = False) -> Spec:
     """A finite number in the interval; NaN and infinities never pass."""
     if high == math.inf:
         requirement = "a positive finite number" if (low, low_open) == (0, True) else \
@@ -131,15 +139,16 @@ def number(low: float, high: float = math.inf, *, low_open: bool = False, high_o
         requirement = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     ok = lambda v: _is_number(v) and math.isfinite(v) and (v > low if low_open else v >= low) \
         and (v < high if high_open else v <= high)
-    return Spec(requirement, ok, _number_text, hint=hint)
+    return _or_null(Spec(requirement, ok, _number_text, required, hint), nullable)
 
 
 def boolean(required: bool = True) -> Spec:
     return Spec("true or false", lambda v: isinstance(v, bool), _bool_text, required)
 
 
-def choice(*options: str, required: bool = True) -> Spec:
-    return Spec(f"one of {', '.join(options)}", lambda v: isinstance(v, str) and v in options, str.strip, required)
+def choice(*options: str, required: bool = True, nullable: bool = False, hint: str = "") -> Spec:
+    spec = Spec(f"one of {', '.join(options)}", lambda v: isinstance(v, str) and v in options, str.strip, required, hint)
+    return _or_null(spec, nullable)
 
 
 def text(*, nullable: bool = False, required: bool = True, what: str = "a non-empty string") -> Spec:
@@ -161,8 +170,9 @@ def _known(names_of: str) -> tuple[str, ...]:
     if names_of == "dataset":
         from sngan.data import DATASETS
         return tuple(DATASETS)
-    from sngan.models import MODELS, RESOLUTIONS
-    return tuple(MODELS) if names_of == "model" else tuple(RESOLUTIONS)
+    from sngan.models import INITS, LAYOUTS, MODELS, RESOLUTIONS, UPSAMPLING
+    return tuple({"model": MODELS, "resolution": RESOLUTIONS, "layout": LAYOUTS, "init": INITS,
+                  "upsample": UPSAMPLING}[names_of])
 
 
 def _keys() -> dict[str, Spec]:
@@ -181,20 +191,30 @@ def _keys() -> dict[str, Spec]:
 
         "dataset.name": choice(*_known("dataset")),
         "dataset.root": path(nullable=True),
-        "dataset.resolution": integer(allowed=_known("resolution"), hint="the models are built for 4*2**k pixels"),
+        "dataset.resolution": integer(allowed=_known("resolution"),
+                                      hint="the models are built for 4*2**k pixels, and for 48 (STL-10)"),
         "dataset.num_workers": integer(0),
         "dataset.download": boolean(required=False),
         "dataset.size": integer(1, required=False),
         "dataset.seed": integer(0, SEED_MAX, required=False, hint="numpy's seed range"),
+        "dataset.crop": integer(1, required=False, hint="the side of the centre square cut from CelebA's 178x218 images"),
 
         "model.name": choice(*_known("model")),
         "model.z_dim": integer(1),
         "model.g_ch": integer(1),
         "model.d_ch": integer(1),
+        # Not required although both model options have them: a resume whose command chose the other
+        # model keeps the saved group, and a checkpoint from before these keys has none (= paper_table, null).
+        "model.layout": choice(*_known("layout"), required=False),
+        "model.init": choice(*_known("init"), required=False, nullable=True, hint="null takes the layout's"),
+        "model.leaky_slope": number(0, 1, high_open=True, required=False, nullable=True,
+                                    hint="null takes the layout's (paper_table 0.1, authors 0.2)"),
+        "model.upsample": choice(*_known("upsample"), required=False),
         "loss.name": choice("hinge", "bce"),
 
         "train.steps": integer(1),
         "train.batch_size": integer(1),
+        "train.g_batch_size": integer(1, nullable=True, hint="null means train.batch_size"),
         "train.n_dis": integer(1),
         "train.ema_decay": number(0, 1, high_open=True, hint="0 turns the EMA off"),
         "train.ema_start": integer(0),
@@ -231,7 +251,8 @@ KEYS: dict[str, Spec] = _keys()
 # --- rules across keys -----------------------------------------------------------------------------
 
 def _models_fit(values: Mapping[str, Any]) -> str | None:
-    """G and D build at this resolution and width, and G's batch normalization gets >= 2 images."""
+    """G and D build at this resolution, layout and width, and G's batch normalization gets >= 2
+    images in each of its batches (D's fakes: train.batch_size; G's update: train.g_batch_size)."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
     from sngan.models import build_discriminator, build_generator
@@ -239,19 +260,26 @@ def _models_fit(values: Mapping[str, Any]) -> str | None:
     name, res = values.get("model.name"), values.get("dataset.resolution")
     if name is None or res is None:
         return None
+    # Absent (a checkpoint from before the key, or the other model's key): what build_models uses.
+    layout, init = values.get("model.layout") or "paper_table", values.get("model.init")
     try:
         with torch.device("meta"):  # shapes only: no memory, no RNG draws
             if "model.d_ch" in values:
-                build_discriminator(name, resolution=res, d_ch=values["model.d_ch"])
+                build_discriminator(name, resolution=res, d_ch=values["model.d_ch"], layout=layout, init=init,
+                                    leaky_slope=values.get("model.leaky_slope"))
             if "model.g_ch" not in values:
                 return None
-            G = build_generator(name, resolution=res, g_ch=values["model.g_ch"], z_dim=values.get("model.z_dim", 128))
+            G = build_generator(name, resolution=res, g_ch=values["model.g_ch"], z_dim=values.get("model.z_dim", 128),
+                                layout=layout, init=init, upsample=values.get("model.upsample") or "nearest")
     except ValueError as e:  # the builders name the key and the bound
         return str(e)
-    batch = values.get("train.batch_size")
-    if batch is not None and batch < 2 and any(isinstance(m, _BatchNorm) for m in G.modules()):
-        return (f"train.batch_size must be >= 2 for the {name} generator, got {batch}: its batch normalization "
-                "cannot train on one image per batch")
+    if not any(isinstance(m, _BatchNorm) for m in G.modules()):
+        return None
+    for key in ("train.batch_size", "train.g_batch_size"):
+        batch = values.get(key)
+        if batch is not None and batch < 2:
+            return (f"{key} must be >= 2 for the {name} generator, got {batch}: its batch normalization "
+                    "cannot train on one image per batch")
     return None
 
 
@@ -259,6 +287,10 @@ def _dataset_fits(values: Mapping[str, Any]) -> str | None:
     name, res, batch = values.get("dataset.name"), values.get("dataset.resolution"), values.get("train.batch_size")
     if name == "cifar10" and res is not None and res != 32:
         return f"dataset.resolution must be 32 for cifar10 (its images are 32x32), got {res}"
+    if name == "stl10" and res is not None and res > 96:
+        return f"dataset.resolution must be at most 96 for stl10 (its images are 96x96), got {res}"
+    if name is not None and name != "celeba" and "dataset.crop" in values:
+        return f"dataset.crop applies to dataset=celeba only, not {name}; remove it"
     size = values.get("dataset.size")
     if name == "synthetic" and size is not None and batch is not None and size < batch:
         return f"dataset.size must be at least one batch (train.batch_size={batch}), got {size}"

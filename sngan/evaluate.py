@@ -9,6 +9,17 @@ drawn exactly as the trainer draws its evaluation z: with n=log.n_eval and the r
 defaults are n=10000 and the run's seed) the numbers are the ones TensorBoard shows for that step.
 Prints one JSON object as its last line and writes it beside the checkpoint, named by its step
 (`checkpoints/step_0001500.metrics.json`), or to `out=PATH`.
+
+`metrics.protocol` (real data) chooses how samples are counted: `default` (the above: n generated
+images against all real images; FID, IS, KID), or the protocol a published number was measured with
+(the sample counts change FID and IS, so only numbers measured the same way compare):
+  sngan    Miyato et al. 2018, Appendix B.1, and the authors' evaluation code: IS of 50000 generated
+           images in 10 splits of 5000 (mean and std over the splits); FID of 5000 generated images
+           against 10000 real ones.
+  mimicry  Mimicry's baselines: IS of 50000 generated images in 10 splits; FID of 50000 generated
+           against 50000 real images.
+The real images are a fixed random subset when the data set holds more. n does not apply; the
+result is written to `checkpoints/step_<step>.<protocol>.metrics.json` (or to `out=PATH`).
 """
 
 from __future__ import annotations
@@ -17,19 +28,22 @@ import json
 import sys
 from pathlib import Path
 
-
 from sngan import checkpoint
 from sngan.cli import parse_args
-from sngan.config import KEYS, SEED_MAX, Spec, integer, resolve_device, text
+from sngan.config import KEYS, SEED_MAX, Spec, choice, integer, resolve_device, text
 from sngan.data import build_dataset
 from sngan.errors import UserError, describe_os_error
-from sngan.metrics import DEFAULT_FEATURE_EXTRACTOR, check_feature_extractor, fidelity_metrics, real_stats_cache_name
+from sngan.metrics import (DEFAULT_FEATURE_EXTRACTOR, PROTOCOLS, check_feature_extractor, fidelity_metrics,
+                           protocol_metrics, real_stats_cache_name)
 from sngan.paths import writable_file, writable_folder
 from sngan.monitor import generate, layer_input_sizes, monitor_latents, sigma_scalars
 from sngan.train import restore_models
 
 CACHE_ROOT = str(Path("~/.cache/sngan/fidelity").expanduser())
-USAGE = "usage: python -m sngan.evaluate ckpt=PATH [n=10000] [seed=S] [device=cpu] [key=value ...]"
+USAGE = ("usage: python -m sngan.evaluate ckpt=PATH [n=10000] [seed=S] [device=cpu] [metrics.protocol=default] "
+         "[key=value ...]")
+DEFAULT_PROTOCOL = "default"
+_PROTOCOL = choice(DEFAULT_PROTOCOL, *PROTOCOLS)  # an option of this command, not a key of a training config
 _RUN_OR_SEED = Spec(f"run or an integer in [0, {SEED_MAX}]",
                     lambda v: v == "run" or KEYS["seed"].accepts(v),
                     lambda t: t.strip() if t.strip() == "run" else KEYS["seed"].from_text(t))
@@ -38,7 +52,8 @@ OPTIONS = {
     "n": ("10000", "generated samples (the trainer evaluates log.n_eval of them, 1000 by default)", integer(2)),
     "seed": ("run", "seed of the evaluation z: `run` is the run's own seed, as the trainer uses", _RUN_OR_SEED),
     "device": ("cpu", "auto, cpu, cuda or cuda:N", KEYS["device"]),
-    "out": ("", "the JSON file to write (default: beside the checkpoint, step_<step>.metrics.json)", None),
+    "out": ("", "the JSON file to write (default: beside the checkpoint, step_<step>[.<protocol>].metrics.json)",
+            None),
     "dataset.root": ("", "real data: where the data set is, if not where the run found it", None),
     "metrics.inception_weights": ("", "real data, offline: a local copy of torch-fidelity's Inception weights",
                                   None),
@@ -46,14 +61,18 @@ OPTIONS = {
                                   KEYS["metrics.feature_extractor"]),
     "metrics.cache_root": (CACHE_ROOT, "real data: where the real images' feature statistics are cached",
                            KEYS["metrics.cache_root"]),
+    "metrics.protocol": (DEFAULT_PROTOCOL, f"real data: {DEFAULT_PROTOCOL} (n samples; FID, IS, KID) or a published "
+                                           f"protocol's sample counts: {', '.join(PROTOCOLS)} (see above)", _PROTOCOL),
 }
 
 
 def evaluate(ckpt: str, *, n: int = 10000, seed: int | None = None, device: str = "cpu", dataset_root: str = "",
              inception_weights: str = "", feature_extractor: str = DEFAULT_FEATURE_EXTRACTOR,
-             cache_root: str = CACHE_ROOT, out: str = "") -> dict:
+             cache_root: str = CACHE_ROOT, out: str = "", protocol: str = DEFAULT_PROTOCOL) -> dict:
     """The metrics of one checkpoint (seed None: the run's), also written to `out` (default: beside
-    it as step_<step>.metrics.json). Every input and output is checked before any work."""
+    it as step_<step>.metrics.json, step_<step>.<protocol>.metrics.json for a published protocol).
+    Every input and output is checked before any work."""
+    _PROTOCOL.check("metrics.protocol", protocol)
     path = checkpoint.locate(ckpt)
     state = checkpoint.load(path)
     dev = resolve_device(device)
@@ -62,9 +81,14 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int | None = None, device: str 
     seed = cfg.seed if seed is None else seed
     if dataset_root:
         cfg.dataset.root = dataset_root
-    out_path = writable_file(out or path.parent / f"step_{state['step']:07d}.metrics.json", "out")
+    suffix = "" if protocol == DEFAULT_PROTOCOL else f".{protocol}"
+    out_path = writable_file(out or path.parent / f"step_{state['step']:07d}{suffix}.metrics.json", "out")
     dataset = build_dataset(cfg.dataset)
-    if getattr(dataset, "oracle", None) is None:  # real data: the extractor, its weights and the cache first
+    oracle = getattr(dataset, "oracle", None)
+    if oracle is not None and protocol != DEFAULT_PROTOCOL:
+        raise UserError(f"metrics.protocol={protocol} counts samples for FID and IS on real data; the "
+                        f"{cfg.dataset.name} data is scored by its oracle: drop metrics.protocol")
+    if oracle is None:  # real data: the extractor, its weights and the cache first
         check_feature_extractor(feature_extractor, inception_weights or None)
         writable_folder(cache_root, "metrics.cache_root")
     res = cfg.dataset.resolution
@@ -75,34 +99,48 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int | None = None, device: str 
     result.update(sigmas)
     result.update({key.replace("operator_upper", "operator_gap"): upper / sigmas[key.replace("upper", "lower")] - 1
                    for key, upper in sigmas.items() if key.startswith("sigma/operator_upper/")})
-    oracle = getattr(dataset, "oracle", None)
+    cache_name = real_stats_cache_name(cfg.dataset.name, cfg.dataset.get("root", ""), res, feature_extractor)
+    fidelity = dict(cache_name=cache_name, cache_root=Path(cache_root), device=dev,
+                    feature_extractor=feature_extractor, weights=inception_weights or None, seed=seed)
     if oracle is not None:
         _, z = monitor_latents(seed, G.z_dim, n)
         images = generate(sample_G, z.to(dev)).cpu()
         result.update({f"metrics/{k}": v for k, v in oracle.oracle_metrics(images).items()})
+    elif protocol == DEFAULT_PROTOCOL:
+        result.update({f"metrics/{k}": v for k, v in fidelity_metrics(sample_G, dataset, n=n, **fidelity).items()})
     else:
-        cache_name = real_stats_cache_name(cfg.dataset.name, cfg.dataset.get("root", ""), res, feature_extractor)
-        result.update({f"metrics/{k}": v for k, v in fidelity_metrics(
-            sample_G, dataset, n=n, cache_name=cache_name, cache_root=Path(cache_root), device=dev,
-            feature_extractor=feature_extractor, weights=inception_weights or None, seed=seed).items()})
+        values = protocol_metrics(sample_G, dataset, PROTOCOLS[protocol], **fidelity)
+        result["protocol"] = values.pop("protocol")
+        del result["n"]  # the protocol's counts replace it
+        result.update({f"metrics/{k}": v for k, v in values.items()})
     try:
         checkpoint.atomic_write_text(out_path, json.dumps(result, indent=2) + "\n")
     except OSError as e:  # the disk filled up meanwhile
         raise UserError(f"out={out_path}: cannot write {describe_os_error(e)}; free space or pass another out=") from None
-    same = " (the trainer's own evaluation)" if n == cfg.log.n_eval and seed == cfg.seed else ""
-    print(f"{path} at step {state['step']}: {n} samples of the {result['generator']}, z seed {seed}{same}; "
+    if protocol == DEFAULT_PROTOCOL:
+        same = " (the trainer's own evaluation)" if n == cfg.log.n_eval and seed == cfg.seed else ""
+        counted = f"{n} samples"
+    else:
+        p, same = result["protocol"], ""
+        counted = (f"protocol {protocol}: IS of {p['isc_samples']} samples in {p['isc_splits']} splits, FID of "
+                   f"{p['fid_generated']} samples against {p['fid_real']} real images")
+    print(f"{path} at step {state['step']}: {counted} of the {result['generator']}, z seed {seed}{same}; "
           f"written to {out_path}", file=sys.stderr)
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        a = parse_args(sys.argv[1:] if argv is None else argv, OPTIONS, USAGE, __doc__.split("\n\n", 1)[1].strip())
+        a = parse_args(argv, OPTIONS, USAGE, __doc__.split("\n\n", 1)[1].strip())
+        if a["metrics.protocol"] != DEFAULT_PROTOCOL and any(item.startswith("n=") for item in argv):
+            raise UserError(f"n does not apply with metrics.protocol={a['metrics.protocol']}, whose sample counts "
+                            "are fixed (--help lists them): drop n=")
         seed = None if a["seed"] == "run" else a["seed"]
         result = evaluate(a["ckpt"], n=a["n"], seed=seed, device=a["device"], dataset_root=a["dataset.root"],
                           inception_weights=a["metrics.inception_weights"],
                           feature_extractor=a["metrics.feature_extractor"], cache_root=a["metrics.cache_root"],
-                          out=a["out"])
+                          out=a["out"], protocol=a["metrics.protocol"])
     except UserError as e:
         sys.exit(f"error: {e}")
     print(json.dumps(result))

@@ -3,22 +3,54 @@
 torch-fidelity computes features with the standard Inception-v3 weights (downloaded on first use,
 or read from `inception_weights` offline) and caches the real data's statistics under
 `cache_root`, so a second evaluation on the same data set only pays for the generated images.
+
+Two ways to count samples: the trainer's (`fidelity_metrics`: n generated images against every real
+image, FID, IS and KID) and the published protocols (`protocol_metrics` with one of PROTOCOLS: the
+sample counts a paper's numbers were measured with, since FID and IS depend on them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from sngan.errors import UserError
 from sngan.monitor import eval_mode
 
 DEFAULT_FEATURE_EXTRACTOR = "inception-v3-compat"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How many samples a published FID / IS was measured with."""
+
+    name: str
+    isc_samples: int        # generated images for IS
+    isc_splits: int         # IS is the mean (and std) over this many equal splits of them
+    fid_generated: int      # generated images for FID
+    fid_real: int           # real images for FID (a fixed random subset; all when the data set is smaller)
+    source: str
+
+
+PROTOCOLS = {
+    # Appendix B.1: IS of "randomly generated 5000 examples ... repeated 10 times"; FID "empirically over
+    # 10000 and 5000 samples" (real, generated). The authors' code (pfnet-research/sngan_projection,
+    # evaluation.py) does exactly this: calc_inception(n_ims=50000, splits=10), calc_FID(n_ims=5000).
+    "sngan": Protocol("sngan", isc_samples=50_000, isc_splits=10, fid_generated=5_000, fid_real=10_000,
+                      source="Miyato et al. 2018, Appendix B.1; sngan_projection evaluation.py "
+                             "(calc_inception n_ims=50000 splits=10, calc_FID n_ims=5000)"),
+    # kwotsin/mimicry README, "Metrics": IS "50K samples at 10 splits", FID "50K real/generated samples".
+    "mimicry": Protocol("mimicry", isc_samples=50_000, isc_splits=10, fid_generated=50_000, fid_real=50_000,
+                        source="kwotsin/mimicry README, Baselines: Metrics (IS 50K samples at 10 splits, "
+                               "FID 50K real/generated samples)"),
+}
+REAL_SUBSET_SEED = 0  # which real images a protocol's FID uses when it takes fewer than the data set holds
 
 
 class _Uint8Generator(nn.Module):
@@ -97,6 +129,19 @@ def fidelity_metrics(G: nn.Module, real: Dataset, *, n: int, cache_name: str, ca
     G's train/eval flags and the caller's RNG streams are as they were afterwards, so that an
     evaluation in the middle of training changes nothing about the run.
     """
+    result = _calculate(G, device, seed, feature_extractor, weights,
+                        input1_model_num_samples=n, input2=_Uint8Images(real), input2_cache_name=cache_name,
+                        cache_root=str(Path(cache_root).expanduser()), cache=True,
+                        fid=True, isc=True, kid=True, kid_subset_size=min(1000, n, len(real)))
+    return {"fid": float(result["frechet_inception_distance"]),
+            "isc": float(result["inception_score_mean"]),
+            "kid": float(result["kernel_inception_distance_mean"])}
+
+
+def _calculate(G: nn.Module, device: torch.device, seed: int, feature_extractor: str, weights: str | None,
+               **kwargs) -> dict:
+    """torch_fidelity.calculate_metrics with G's samples (z ~ N(0, I) seeded by `seed`) as input1; G's
+    train/eval flags and the caller's RNG streams are as they were afterwards."""
     tf = _torch_fidelity()
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
@@ -104,16 +149,36 @@ def fidelity_metrics(G: nn.Module, real: Dataset, *, n: int, cache_name: str, ca
         with eval_mode(G), torch.random.fork_rng(devices=devices):
             # The wrapper switches G to eval mode for good; eval_mode switches it back.
             wrapped = tf.GenerativeModelModuleWrapper(_Uint8Generator(G), G.z_dim, "normal", 0)
-            result = tf.calculate_metrics(
-                input1=wrapped, input1_model_num_samples=n, input2=_Uint8Images(real),
-                input2_cache_name=cache_name, cache_root=str(Path(cache_root).expanduser()), cache=True,
-                fid=True, isc=True, kid=True, kid_subset_size=min(1000, n, len(real)),
-                feature_extractor=feature_extractor, feature_extractor_weights_path=weights,
+            return tf.calculate_metrics(
+                input1=wrapped, feature_extractor=feature_extractor, feature_extractor_weights_path=weights,
                 cuda=device.type == "cuda", rng_seed=seed, verbose=False,
                 # its loader takes min(4, 2 x cores) workers, more than a small machine has: none there
-                save_cpu_ram=(os.cpu_count() or 1) < 4)
+                save_cpu_ram=(os.cpu_count() or 1) < 4, **kwargs)
     except OSError as e:  # the weights could not be downloaded
         raise _weights_error(feature_extractor, e) from None
-    return {"fid": float(result["frechet_inception_distance"]),
-            "isc": float(result["inception_score_mean"]),
-            "kid": float(result["kernel_inception_distance_mean"])}
+
+
+def real_subset(real: Dataset, n: int) -> Dataset:
+    """`n` real images in a fixed random choice (REAL_SUBSET_SEED), or all of them if there are no more."""
+    if n >= len(real):
+        return real
+    chosen = torch.randperm(len(real), generator=torch.Generator().manual_seed(REAL_SUBSET_SEED))[:n]
+    return Subset(real, sorted(chosen.tolist()))
+
+
+def protocol_metrics(G: nn.Module, real: Dataset, protocol: Protocol, *, cache_name: str, cache_root: Path,
+                     device: torch.device, feature_extractor: str = DEFAULT_FEATURE_EXTRACTOR,
+                     weights: str | None = None, seed: int = 0) -> dict:
+    """FID and IS (mean and std over the splits) counted as `protocol` says, and the counts used.
+
+    IS and FID draw their generated images from the same seeded z stream (FID's are the first
+    `fid_generated` of IS's); the real statistics are cached per subset size."""
+    isc = _calculate(G, device, seed, feature_extractor, weights, input1_model_num_samples=protocol.isc_samples,
+                     isc=True, isc_splits=protocol.isc_splits)
+    subset = real_subset(real, protocol.fid_real)
+    fid = _calculate(G, device, seed, feature_extractor, weights, input1_model_num_samples=protocol.fid_generated,
+                     input2=_Uint8Images(subset), input2_cache_name=f"{cache_name}-real{len(subset)}",
+                     cache_root=str(Path(cache_root).expanduser()), cache=True, fid=True)
+    counts = {**asdict(protocol), "fid_real": len(subset)}
+    return {"fid": float(fid["frechet_inception_distance"]), "isc": float(isc["inception_score_mean"]),
+            "isc_std": float(isc["inception_score_std"]), "protocol": counts}

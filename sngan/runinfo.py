@@ -58,10 +58,14 @@ def _millions(module: torch.nn.Module) -> str:
 def header(cfg: DictConfig, run_dir: Path, G, D, device: torch.device, start: int) -> list[str]:
     t, o, res = cfg.train, cfg.optim, cfg.dataset.resolution
     where = f"resumed at step {start}" if start else "new run"
+    layout = cfg.model.get("layout") or "paper_table"
+    model = cfg.model.name + ("" if layout == "paper_table" else f" ({layout} layout)")
+    g_batch = f" ({t.g_batch_size} fakes per G update)" if t.get("g_batch_size") not in (None, t.batch_size) else ""
     lines = [f"sngan run ({where}): {_shown(run_dir)}",
-             f"  variant {cfg.variant.name} | data {cfg.dataset.name} {res}x{res} | model {cfg.model.name}: "
+             f"  variant {cfg.variant.name} | data {cfg.dataset.name} {res}x{res} | model {model}: "
              f"G {_millions(G)}, D {_millions(D)} parameters | loss {cfg.loss.name} | seed {cfg.seed}",
-             f"  {t.steps} steps, batch {t.batch_size}, n_dis {t.n_dis}, lr {o.lr:g}, betas ({o.beta1:g}, {o.beta2:g})"
+             f"  {t.steps} steps, batch {t.batch_size}{g_batch}, n_dis {t.n_dis}, lr {o.lr:g}, "
+             f"betas ({o.beta1:g}, {o.beta2:g})"
              f" | {device}, {_count(torch.get_num_threads(), 'thread')} (of {os.cpu_count()} cores)",
              f"  in the run folder: TensorBoard logs every {cfg.log.every} steps, checkpoints/ every "
              f"{cfg.ckpt.every}, samples/ every {cfg.log.sample_every}, train.log"]

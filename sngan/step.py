@@ -51,10 +51,12 @@ def normalized_weights_once(D: nn.Module, amp: bool) -> Iterator[None]:
 def gan_iteration(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                   next_real: Callable[[], Tensor], *, batch_size: int, n_dis: int, loss: str,
                   instance_noise: float = 0.0, D_update: nn.Module | None = None,
-                  G_update: nn.Module | None = None, amp_dtype: torch.dtype | None = None) -> Iteration:
+                  G_update: nn.Module | None = None, amp_dtype: torch.dtype | None = None,
+                  g_batch_size: int | None = None) -> Iteration:
     """`D_update` / `G_update` (default D / G) are what the two updates call: DDP wrappers under
     data parallelism. G's update calls plain D, so D's gradient reducer never sees it.
-    `amp_dtype` runs the forwards under autocast; losses are taken in float32."""
+    `amp_dtype` runs the forwards under autocast; losses are taken in float32. `g_batch_size`
+    (default `batch_size`) fakes feed the G update (the authors' ResNet code draws 2x the batch)."""
     D_update, G_update = D_update or D, G_update or G
     device = next(G.parameters()).device
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -75,7 +77,7 @@ def gan_iteration(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
         opt_d.step()
 
     D.requires_grad_(False)  # G's update needs gradients through D, not for D
-    z = torch.randn(batch_size, G.z_dim, device=device)
+    z = torch.randn(g_batch_size or batch_size, G.z_dim, device=device)
     with normalized_weights_once(D, amp_dtype is not None):
         with autocast():
             fake_g = G_update(z)

@@ -48,9 +48,13 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # absolute: main is a
 def build_models(cfg: DictConfig, device: torch.device):
     """G, D (normalized by cfg.variant) and the optional EMA of G, on `device`."""
     m = cfg.model
+    # Keys added after a checkpoint was written count as their defaults (today's models).
+    layout, init = m.get("layout") or "paper_table", m.get("init")
     try:
-        G = build_generator(m.name, resolution=cfg.dataset.resolution, z_dim=m.z_dim, g_ch=m.g_ch)
-        D = build_discriminator(m.name, resolution=cfg.dataset.resolution, d_ch=m.d_ch)
+        G = build_generator(m.name, resolution=cfg.dataset.resolution, z_dim=m.z_dim, g_ch=m.g_ch, layout=layout,
+                            init=init, upsample=m.get("upsample") or "nearest")
+        D = build_discriminator(m.name, resolution=cfg.dataset.resolution, d_ch=m.d_ch, layout=layout, init=init,
+                                leaky_slope=m.get("leaky_slope"))
         apply_spectral_norm(D, cfg.variant.name, n_power_iterations=cfg.variant.get("n_power_iterations", 1))
         G, D = G.to(device), D.to(device)
     except ValueError as e:  # the builders name the bad value
@@ -203,9 +207,15 @@ def check_device_settings(cfg: DictConfig, device: torch.device, ctx: distribute
     if cfg.train.batch_size % ctx.world_size:
         raise UserError(f"train.batch_size ({cfg.train.batch_size}) is the global batch: it must split "
                         f"evenly over the {ctx.world_size} ranks")
-    if ctx.enabled and cfg.train.batch_size // ctx.world_size < 2:  # G's batch normalization, per rank
-        raise UserError(f"train.batch_size must be >= {2 * ctx.world_size} on {ctx.world_size} ranks (the global "
-                        f"batch; G's batch normalization needs 2 images per rank), got {cfg.train.batch_size}")
+    g_batch_size = cfg.train.get("g_batch_size")
+    if g_batch_size and g_batch_size % ctx.world_size:
+        raise UserError(f"train.g_batch_size ({g_batch_size}) is global like train.batch_size: it must split "
+                        f"evenly over the {ctx.world_size} ranks")
+    # G's batch normalization needs 2 images per rank in each of its batches: D's fakes and G's update.
+    for key, batch in (("train.batch_size", cfg.train.batch_size), ("train.g_batch_size", g_batch_size)):
+        if ctx.enabled and batch is not None and batch // ctx.world_size < 2:
+            raise UserError(f"{key} must be >= {2 * ctx.world_size} on {ctx.world_size} ranks (the global "
+                            f"batch; G's batch normalization needs 2 images per rank), got {batch}")
     torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark)
 
 
@@ -337,6 +347,7 @@ def train_locked(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, de
     next_real = lambda: next(stream).to(device, non_blocking=True, memory_format=memory_format)
     amp_dtype = torch.bfloat16 if cfg.train.amp else None
     t, lg = cfg.train, cfg.log
+    g_batch_size = t.get("g_batch_size") or t.batch_size  # fakes per G update; null: the batch size
     monitor = None
     if ctx.is_main:
         monitor = Monitor(run_dir, total_steps=t.steps, start_step=start, z_dim=G.z_dim, device=device,
@@ -362,8 +373,9 @@ def train_locked(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, de
     try:
         while step < t.steps:
             it = gan_iteration(G, D, opt_g, opt_d, next_real, batch_size=t.batch_size // ctx.world_size,
-                               n_dis=t.n_dis, loss=cfg.loss.name, instance_noise=t.instance_noise,
-                               D_update=D_update, G_update=G_update, amp_dtype=amp_dtype)
+                               g_batch_size=g_batch_size // ctx.world_size, n_dis=t.n_dis, loss=cfg.loss.name,
+                               instance_noise=t.instance_noise, D_update=D_update, G_update=G_update,
+                               amp_dtype=amp_dtype)
             distributed.sync_buffers(ctx, G, D)
             sched_g.step()
             sched_d.step()
@@ -412,7 +424,7 @@ def hparams_of(cfg: DictConfig) -> dict:
     return {"variant": cfg.variant.name, "dataset": cfg.dataset.name, "model": cfg.model.name,
             "loss": cfg.loss.name, "lr": float(cfg.optim.lr), "beta1": float(cfg.optim.beta1),
             "beta2": float(cfg.optim.beta2), "n_dis": cfg.train.n_dis, "seed": cfg.seed,
-            "batch_size": cfg.train.batch_size}
+            "batch_size": cfg.train.batch_size, "layout": cfg.model.get("layout") or "paper_table"}
 
 
 def quiet_write_errors_in_threads() -> None:

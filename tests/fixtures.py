@@ -6,9 +6,15 @@
   as ``bytes`` (b"data", ...) with ``encoding="bytes"`` (what the CIFAR web page shows).
   torchvision's CIFAR10 checks each file's md5 against the official one, which a tiny file cannot
   pass: call ``skip_cifar10_md5(monkeypatch)`` before constructing it.
+* write_stl10: ``stl10_binary/`` as in stl10_binary.tar.gz: unlabeled_X.bin, train_X.bin, train_y.bin,
+  test_X.bin, test_y.bin, class_names.txt, fold_indices.txt. Images are 3 x 96 x 96 uint8, one colour
+  plane after another, each plane column-major (the format the STL-10 page describes for Matlab/Fortran
+  order); labels are uint8 1..10. Smaller files than the real ones, so torchvision's md5 check fails.
 * write_celeba: ``img_align_celeba/000001.jpg, ...`` as 178x218 JPEGs, the aligned CelebA size
   (the real archive holds 202,599 of them, numbered from 000001).
 * write_folder: PNG and JPEG images of mixed sizes and modes in nested folders.
+* register_test_features(): a small stand-in for Inception (whose weights cannot be downloaded here),
+  registered with torch-fidelity as ``sngan-test-features``.
 
 Pixel content is known, so tests can check that values arrive in the right place.
 """
@@ -116,6 +122,43 @@ def skip_cifar10_md5(monkeypatch) -> None:
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
 
 
+STL10_CLASS_NAMES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+
+
+def stl10_image(index: int) -> np.ndarray:
+    """The uint8 (96, 96, 3) HWC image number `index` of a write_stl10 file: red = 2 * row,
+    green = 2 * column, blue = 37 * index (mod 256), so a transposition or channel swap shows up."""
+    rows, cols = np.meshgrid(np.arange(96), np.arange(96), indexing="ij")
+    image = np.empty((96, 96, 3), dtype=np.uint8)
+    image[..., 0] = rows * 2
+    image[..., 1] = cols * 2
+    image[..., 2] = (index * 37) % 256
+    return image
+
+
+def _write_stl10_images(path: str, first: int, n: int) -> None:
+    images = np.stack([stl10_image(first + k) for k in range(n)])  # (n, row, col, channel)
+    # (n, channel, column, row) in C order = each channel plane column-major
+    images.transpose(0, 3, 2, 1).astype(np.uint8).tofile(path)
+
+
+def write_stl10(root, n_unlabeled: int = 8, n_train: int = 2, n_test: int = 2) -> np.ndarray:
+    """Write root/stl10_binary like the official archive; return the unlabeled images (N, 96, 96, 3) uint8
+    (image k of unlabeled_X.bin is stl10_image(k); train and test continue the numbering)."""
+    folder = os.path.join(str(root), "stl10_binary")
+    os.makedirs(folder, exist_ok=True)
+    _write_stl10_images(os.path.join(folder, "unlabeled_X.bin"), 0, n_unlabeled)
+    _write_stl10_images(os.path.join(folder, "train_X.bin"), n_unlabeled, n_train)
+    _write_stl10_images(os.path.join(folder, "test_X.bin"), n_unlabeled + n_train, n_test)
+    for name, n in (("train_y.bin", n_train), ("test_y.bin", n_test)):
+        (np.arange(n) % 10 + 1).astype(np.uint8).tofile(os.path.join(folder, name))
+    with open(os.path.join(folder, "class_names.txt"), "w") as f:
+        f.write("\n".join(STL10_CLASS_NAMES) + "\n")
+    with open(os.path.join(folder, "fold_indices.txt"), "w") as f:  # 10 folds of training indices
+        f.writelines(" ".join(str(i) for i in range(n_train)) + " \n" for _ in range(10))
+    return np.stack([stl10_image(k) for k in range(n_unlabeled)])
+
+
 def celeba_colour(index: int) -> tuple[int, int, int]:
     """The centre colour of write_celeba's image number `index` (1-based, like the file names)."""
     return (40 * index) % 256, 255 - (30 * index) % 256, (90 + 50 * index) % 256
@@ -160,3 +203,54 @@ def write_folder(root, n: int = 6) -> list[str]:
             image = image.convert("RGBA")  # alpha channel: must still load as RGB
         image.save(path, quality=95) if path.endswith(".jpg") else image.save(path)
     return names
+
+
+def register_test_features() -> str:
+    """Register SmallFeatures with torch-fidelity (once); return its name."""
+    import torch_fidelity
+
+    if "sngan-test-features" not in torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor("sngan-test-features", _small_features())
+    return "sngan-test-features"
+
+
+def _small_features():
+    import torch
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+    class SmallFeatures(FeatureExtractorBase):
+        """A stand-in for Inception (whose weights cannot be downloaded here): fixed random conv features."""
+
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+            gen = torch.Generator().manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.head = torch.nn.Linear(16, 10)
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("16", "logits_unbiased")
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"isc": "logits_unbiased", "fid": "16", "kid": "16"}[metric]
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+        def forward(self, x):
+            assert x.dtype == torch.uint8
+            feats = torch.relu(self.conv(x.float() / 255)).mean(dim=(2, 3)).double()
+            out = {"16": feats, "logits_unbiased": self.head(feats.float()).double()}
+            return tuple(out[name] for name in self.features_list)
+
+    return SmallFeatures
+

@@ -94,10 +94,19 @@ TRAIN_VALUES = [
     ("model.z_dim=0", "model.z_dim"), ("model.name=vgg", "model.name"), ("loss.name=wgan", "loss.name"),
     ("metrics.during_training=sometimes", "metrics.during_training"), ("+train.foo=1", "train.foo"),
     ("~optim.lr", "optim.lr"), ("dataset.root=''", "dataset.root"),
+    ("model.layout=chainer", "model.layout"), ("model.init=kaiming", "model.init"),
+    ("model.leaky_slope=1", "model.leaky_slope"), ("model.leaky_slope=nan", "model.leaky_slope"),
+    ("train.g_batch_size=0", "train.g_batch_size"), ("train.g_batch_size=1", "train.g_batch_size"),
+    ("train.g_batch_size=2.5", "train.g_batch_size"),
 ]
 CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
     ("train", ["dataset=cifar10", "dataset.resolution=16"], "dataset.resolution"),
     ("train", ["dataset=cifar10", "dataset.download=maybe"], "dataset.download"),
+    ("train", ["dataset=stl10", "dataset.resolution=128"], "dataset.resolution"),
+    ("train", ["dataset=celeba", "dataset.crop=0"], "dataset.crop"),
+    ("train", ["model=resnet", "model.layout=authors"], "model.layout=authors"),
+    ("train", ["model=resnet", "model.upsample=cubic"], "model.upsample"),
+    ("train", ["experiment=stl10_resnet", "dataset=stl10", "model=cnn"], "model.upsample"),
     ("train", ["resume=true", "train.steps=0"], "train.steps"),
     # refused inside the trainer, after the folder is locked: the run is still untouched
     ("train", [], "already holds a run"),
@@ -148,6 +157,8 @@ CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
     ("evaluate", ["ckpt={damaged}/without_config.pt"], "lacks config"),
     ("evaluate", ["ckpt={damaged_run}/checkpoints/last.pt"], "e.g. {damaged_run}/checkpoints/step_0000002.pt"),
     ("evaluate", ["ckpt={run}", "device=tpu"], "device"),
+    ("evaluate", ["ckpt={run}", "metrics.protocol=paper"], "metrics.protocol"),
+    ("evaluate", ["ckpt={run}", "n=500", "metrics.protocol=sngan"], "n does not apply"),
     ("evaluate", ["ckpt={run}", "out=/proc/sngan.json"], "/proc/sngan.json"),
     ("evaluate", ["ckpt={run}", "out={root}/a_file/m.json"], "a_file"),
     # sngan.audit
@@ -207,6 +218,7 @@ def test_a_second_trainer_is_refused_at_once_naming_the_first(place, capsys):
 @pytest.mark.parametrize("script,args,named", [
     ("sigma_table.py", ["--resolution", "17"], "--resolution"),
     ("bench.py", ["--batch", "0"], "--batch"),
+    ("reproduce.py", ["stl10_resnet", "--root", "{root}/stl", "--device", "tpu"], "--device"),
     ("compare_variants.py", ["--seeds", "one", "--out", "{root}/report"], "--seeds"),
     ("compare_variants.py", ["--collect", "/nonexistent/sweep", "--out", "{root}/report"], "/nonexistent/sweep"),
 ])

@@ -12,14 +12,18 @@ from conftest import compose_config
 from sngan.config import KEYS, SEED_MAX, check_config, check_saved_config, check_values, integer, number
 from sngan.errors import UserError
 
-EXPERIMENTS = [None, "embedded", "cifar10_cnn", "cifar10_resnet", "celeba64"]
-DATASETS = [None, "synthetic", "cifar10", "celeba", "folder"]
+EXPERIMENTS = [None, "embedded", "cifar10_cnn", "cifar10_resnet", "stl10_resnet", "celeba64"]
+DATASETS = [None, "synthetic", "cifar10", "stl10", "celeba", "folder"]
 
 
 @pytest.mark.parametrize("experiment,dataset,model", list(itertools.product(EXPERIMENTS, DATASETS, [None, "cnn", "resnet"])))
 def test_every_preset_is_declared_and_valid(experiment, dataset, model):
     overrides = [f"{k}={v}" for k, v in (("experiment", experiment), ("dataset", dataset), ("model", model)) if v]
     cfg = compose_config(overrides + (["dataset.root=/data/images"] if dataset == "folder" else []))
+    if experiment in ("stl10_resnet", "celeba64") and model == "cnn":  # Mimicry's ResNet recipes upsample bilinearly
+        with pytest.raises(UserError, match=r"^model.upsample=bilinear applies to the resnet generator only"):
+            check_config(cfg)
+        return
     if (experiment, dataset) == ("celeba64", "cifar10"):  # the preset's 64 px: CIFAR-10 has 32
         with pytest.raises(UserError, match="dataset.resolution must be 32 for cifar10"):
             check_config(cfg)
@@ -27,9 +31,30 @@ def test_every_preset_is_declared_and_valid(experiment, dataset, model):
     check_config(cfg)  # an undeclared key, a missing one or a bad default would be refused here
 
 
+def test_a_data_set_alone_keeps_its_own_size():
+    """The embedded experiment's 16 px and narrow models belong to the synthetic data
+    (configs/experiment_data/embedded_synthetic.yaml); STL-10 is 48 px, CIFAR-10 32 px."""
+    for dataset, resolution in (("stl10", 48), ("cifar10", 32), ("celeba", 64), ("synthetic", 16)):
+        cfg = compose_config([f"dataset={dataset}"])
+        narrow = dataset == "synthetic"
+        assert cfg.dataset.resolution == resolution, dataset
+        assert (cfg.model.g_ch, cfg.model.d_ch, cfg.train.instance_noise) == \
+            ((128, 32, 0.2) if narrow else (512, 64, 0.0)), dataset
+        check_config(cfg)
+    assert compose_config(["experiment=stl10_resnet"]).dataset.resolution == 48
+
+
+def test_the_celeba_crop_of_celeba64_is_celebas_own():
+    assert compose_config(["experiment=celeba64"]).dataset.crop == 178
+    assert compose_config(["dataset=celeba"]).dataset.crop == 140
+    for dataset in ("folder", "stl10"):  # no crop key: those data sets crop nothing
+        cfg = compose_config(["experiment=celeba64", f"dataset={dataset}", "dataset.root=/data/images"])
+        assert "crop" not in cfg.dataset and cfg.dataset.resolution == 64
+
+
 def test_a_key_without_a_row_is_refused():
-    cfg = compose_config(["+model.layout=paper_table"])
-    with pytest.raises(UserError, match=r"^model.layout is not a setting of sngan"):
+    cfg = compose_config(["+model.width=64"])
+    with pytest.raises(UserError, match=r"^model.width is not a setting of sngan"):
         check_config(cfg)
 
 

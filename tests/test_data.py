@@ -17,9 +17,11 @@ from fixtures import (
     cifar10_image,
     folder_colour,
     skip_cifar10_md5,
+    stl10_image,
     write_celeba,
     write_cifar10,
     write_folder,
+    write_stl10,
 )
 from sngan.data import DATASETS, build_dataset, real
 from sngan.data.synthetic import (
@@ -301,6 +303,97 @@ def test_cifar10_download_true_uses_files_already_there(tmp_path, monkeypatch, u
     assert len(real.cifar10(str(tmp_path), 32, download=True)) == 5
 
 
+# ---------------------------------------------------------------- stl10
+
+
+def test_stl10_fixture_is_in_the_official_binary_layout(tmp_path):
+    write_stl10(tmp_path, n_unlabeled=3)
+    folder = tmp_path / "stl10_binary"
+    assert sorted(os.listdir(folder)) == ["class_names.txt", "fold_indices.txt", "test_X.bin", "test_y.bin",
+                                          "train_X.bin", "train_y.bin", "unlabeled_X.bin"]
+    raw = np.fromfile(folder / "unlabeled_X.bin", dtype=np.uint8)
+    assert raw.size == 3 * 3 * 96 * 96
+    # image 0, red plane, column-major: byte k is the pixel at row k % 96, column k // 96 (red = 2 * row)
+    assert raw[:200].tolist() == [2 * (k % 96) for k in range(200)]
+    green = raw[96 * 96: 2 * 96 * 96]  # the next plane: green = 2 * column
+    assert green[96 * 7 + 5] == 14
+    assert np.fromfile(folder / "train_y.bin", dtype=np.uint8).tolist() == [1, 2]  # labels 1..10
+
+
+def test_stl10_reads_the_same_pixels_as_torchvision(tmp_path, monkeypatch):
+    """torchvision's own STL-10 reader (its md5 check switched off) is the reference decoding."""
+    from torchvision.datasets import STL10
+
+    expected = write_stl10(tmp_path, n_unlabeled=5)
+    monkeypatch.setattr(STL10, "_check_integrity", lambda self: True)
+    reference = STL10(str(tmp_path), split="unlabeled").data  # (N, 3, 96, 96)
+    ds = real.stl10(str(tmp_path), 96)
+    assert len(ds) == 5
+    for i in range(5):
+        assert np.array_equal(ds.image(i), reference[i].transpose(1, 2, 0))
+        assert np.array_equal(ds.image(i), stl10_image(i)) and np.array_equal(expected[i], stl10_image(i))
+        want = torch.from_numpy(reference[i]).float() / 127.5 - 1
+        assert torch.allclose(ds[i], want, atol=1e-6)
+
+
+def test_stl10_resizes_to_48_and_is_picklable(tmp_path):
+    write_stl10(tmp_path, n_unlabeled=4)
+    cfg = {"name": "stl10", "root": str(tmp_path), "resolution": 48, "download": False}
+    ds = build_dataset(OmegaConf.create(cfg))
+    x = ds[3]
+    assert x.dtype == torch.float32 and x.shape == (3, 48, 48)
+    pixels = (x + 1) * 127.5
+    # A 2x antialiased downscale reproduces a linear ramp at the pixel centres: red 2 * (2r + 0.5), away from the edges
+    rows = torch.arange(2, 46, dtype=torch.float32)
+    assert torch.allclose(pixels[0, 2:46, 24], 4 * rows + 1, atol=0.51)
+    assert torch.allclose(pixels[1, 24, 2:46], 4 * rows + 1, atol=0.51)
+    assert torch.allclose(pixels[2], torch.full((48, 48), float(3 * 37)), atol=0.51)
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy._images is None and torch.equal(copy[3], x)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+    assert torch.equal(torch.cat(list(loader)), stack(ds, range(4)))
+
+
+def test_stl10_missing_or_damaged_is_a_one_line_user_error(tmp_path):
+    with pytest.raises(UserError) as info:
+        real.stl10(str(tmp_path), 48)
+    message = str(info.value)
+    assert "dataset.root" in message and "unlabeled_X.bin" in message and "stl10_binary.tar.gz" in message
+    assert "\n" not in message
+    write_stl10(tmp_path, n_unlabeled=2)
+    path = tmp_path / "stl10_binary" / "unlabeled_X.bin"
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(UserError, match="truncated"):
+        real.stl10(str(tmp_path), 48)
+    with pytest.raises(UserError, match="dataset.resolution=128"):
+        real.stl10(str(tmp_path), 128)
+
+
+@pytest.fixture
+def unreachable_stl10_url(monkeypatch):
+    """Point the STL-10 download at a local socket that accepts and never answers (no real network)."""
+    from torchvision.datasets import STL10
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    monkeypatch.setattr(STL10, "url", f"http://127.0.0.1:{server.getsockname()[1]}/stl10_binary.tar.gz")
+    monkeypatch.setattr(real, "DOWNLOAD_TIMEOUT_S", 0.5)
+    yield
+    server.close()
+
+
+def test_stl10_download_uses_files_already_there_and_fails_cleanly_offline(tmp_path, unreachable_stl10_url):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"could not download STL-10 into dataset.root=.*set dataset.download=false"):
+        real.stl10(str(tmp_path / "empty"), 48, download=True)
+    assert time.perf_counter() - start < 10
+    write_stl10(tmp_path / "there", n_unlabeled=3)
+    assert len(real.stl10(str(tmp_path / "there"), 48, download=True)) == 3  # no network, no md5 check
+
+
 # ---------------------------------------------------------------- celeba
 
 
@@ -331,6 +424,18 @@ def test_celeba_white_centre_black_border_comes_out_all_white(tmp_path):
     image[40:178, 20:158] = 255
     Image.fromarray(image).save(folder / "000001.jpg", quality=95)
     assert real.celeba(str(tmp_path), 32)[0].min() < 0.5
+
+
+def test_celeba_crop_is_a_key(tmp_path):
+    """Mimicry's CelebA preprocessing crops 178 (the full width): the black border then shows."""
+    write_celeba(tmp_path, n=1)
+    cfg = {"name": "celeba", "root": str(tmp_path), "resolution": 32}
+    inner = build_dataset(OmegaConf.create(cfg))[0]  # default crop 140: only the centre colour
+    full = build_dataset(OmegaConf.create({**cfg, "crop": 178}))[0]
+    assert (inner + 1).min() > 0.05 and full[:, :, 0].max() < -0.9  # a black column at the left edge
+    assert torch.allclose(full[:, 16, 16], inner[:, 16, 16], atol=0.1)
+    with pytest.raises(UserError, match="dataset.crop"):
+        build_dataset(OmegaConf.create({**cfg, "crop": 0}))
 
 
 def test_celeba_missing_says_where_to_get_it(tmp_path):

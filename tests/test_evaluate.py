@@ -6,55 +6,18 @@ import json
 
 import pytest
 import torch
-import torch_fidelity
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from conftest import TINY, TINY_MODEL, compose_config, read_scalars, run_cli
-from fixtures import skip_cifar10_md5, write_celeba, write_cifar10
+from fixtures import register_test_features, skip_cifar10_md5, write_celeba, write_cifar10
 from sngan import checkpoint
+from sngan.errors import UserError
 from sngan.evaluate import evaluate
 from sngan.train import train
 
 QUIET = ["log.every=1000", "log.sample_every=1000", "log.eval_every=1000"]
 
 
-class SmallFeatures(FeatureExtractorBase):
-    """A stand-in for Inception (whose weights cannot be downloaded here): fixed random conv features."""
-
-    def __init__(self, name, features_list, **kwargs):
-        super().__init__(name, features_list)
-        gen = torch.Generator().manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.head = torch.nn.Linear(16, 10)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("16", "logits_unbiased")
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return {"isc": "logits_unbiased", "fid": "16", "kid": "16"}[metric]
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
-
-    def forward(self, x):
-        assert x.dtype == torch.uint8
-        feats = torch.relu(self.conv(x.float() / 255)).mean(dim=(2, 3)).double()
-        out = {"16": feats, "logits_unbiased": self.head(feats.float()).double()}
-        return tuple(out[name] for name in self.features_list)
-
-
-if "sngan-test-features" not in torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY:
-    torch_fidelity.register_feature_extractor("sngan-test-features", SmallFeatures)
+register_test_features()
 
 
 def test_cli_prints_json_last_and_writes_it_beside_the_checkpoint(tmp_path):
@@ -156,3 +119,124 @@ def test_unavailable_inception_weights_stop_a_real_data_run_before_it_starts(tmp
 def test_bad_arguments(tmp_path, args, message):
     proc = run_cli(args, cwd=tmp_path, module="sngan.evaluate")
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- published protocols ----------------------------------------------------------------------
+
+class _Images(torch.utils.data.Dataset):
+    """`n` blank images, for counting (nothing is computed from them here)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return torch.zeros(3, 8, 8)
+
+
+@pytest.mark.parametrize("name,real,expected", [
+    # Miyato et al. 2018, App. B.1 ("5000 examples ... repeated 10 times"; FID "over 10000 and 5000 samples")
+    # and sngan_projection evaluation.py (calc_inception n_ims=50000 splits=10; calc_FID n_ims=5000)
+    ("sngan", 100_000, {"isc": (50_000, 10), "fid": (5_000, 10_000)}),
+    # kwotsin/mimicry README, Metrics: IS 50K samples at 10 splits; FID 50K real/generated samples
+    ("mimicry", 100_000, {"isc": (50_000, 10), "fid": (50_000, 50_000)}),
+    ("mimicry", 20_000, {"isc": (50_000, 10), "fid": (50_000, 20_000)}),  # all the real images there are
+])
+def test_a_protocol_asks_torch_fidelity_for_its_sample_counts(monkeypatch, tmp_path, name, real, expected):
+    import torch_fidelity
+
+    from sngan.metrics import PROTOCOLS, protocol_metrics
+    from sngan.models import build_generator
+
+    calls = []
+
+    def record(**kwargs):
+        calls.append(kwargs)
+        return {"inception_score_mean": 5.0, "inception_score_std": 0.1, "frechet_inception_distance": 30.0}
+
+    monkeypatch.setattr(torch_fidelity, "calculate_metrics", record)
+    G = build_generator("cnn", resolution=16, z_dim=8, g_ch=16)
+    result = protocol_metrics(G, _Images(real), PROTOCOLS[name], cache_name="x", cache_root=tmp_path,
+                              device=torch.device("cpu"), seed=3)
+    isc, fid = calls
+    assert (isc["input1_model_num_samples"], isc["isc_splits"]) == expected["isc"]
+    assert isc["isc"] and not isc.get("fid") and "input2" not in isc
+    assert (fid["input1_model_num_samples"], len(fid["input2"])) == expected["fid"]
+    assert fid["fid"] and not fid.get("isc") and fid["input2_cache_name"] == f"x-real{expected['fid'][1]}"
+    assert isc["rng_seed"] == fid["rng_seed"] == 3
+    assert result["protocol"]["fid_real"] == expected["fid"][1]
+    assert (result["isc"], result["isc_std"], result["fid"]) == (5.0, 0.1, 30.0)
+
+
+def test_the_real_subset_is_fixed_and_distinct():
+    from sngan.metrics import real_subset
+
+    data = _Images(1000)
+    a, b = real_subset(data, 300), real_subset(data, 300)
+    assert a.indices == b.indices and len(set(a.indices)) == 300 and a.indices == sorted(a.indices)
+    assert max(a.indices) > 900 and min(a.indices) < 100  # spread over the data set, not its first images
+    assert real_subset(data, 1000) is data and real_subset(data, 5000) is data
+
+
+def test_evaluate_with_a_protocol_matches_direct_torch_fidelity_calls(tmp_path, monkeypatch):
+    """The protocol's numbers are torch-fidelity's on exactly the samples it names (counts scaled down:
+    the real ones need Inception on a GPU)."""
+    import dataclasses
+
+    import torch_fidelity
+
+    from sngan import metrics
+    from sngan.data import build_dataset
+    from sngan.train import restore_models
+
+    write_cifar10(tmp_path / "cifar", n_per_batch=20)
+    skip_cifar10_md5(monkeypatch)
+    run = tmp_path / "run"
+    train(compose_config(TINY_MODEL + QUIET + ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}",
+                                               "dataset.download=false", "dataset.resolution=32",
+                                               "dataset.num_workers=0", "train.steps=2",
+                                               "metrics.during_training=false"]), run)
+    small = dataclasses.replace(metrics.PROTOCOLS["sngan"], isc_samples=40, isc_splits=4, fid_generated=30,
+                                fid_real=50)
+    monkeypatch.setitem(metrics.PROTOCOLS, "sngan", small)
+    features = "sngan-test-features"
+    result = evaluate(str(run), feature_extractor=features, cache_root=str(tmp_path / "cache"), protocol="sngan")
+    assert result["protocol"] == {**dataclasses.asdict(small)}
+    assert "n" not in result and "metrics/kid" not in result
+    assert json.loads((run / "checkpoints" / "step_0000002.sngan.metrics.json").read_text()) == result
+    assert not (run / "checkpoints" / "step_0000002.metrics.json").exists()
+
+    state = checkpoint.load(run / "checkpoints" / "last.pt")
+    _, G, _, _ = restore_models(state, torch.device("cpu"))
+    real = build_dataset(state["config"]["dataset"] | {"root": str(tmp_path / "cifar")})
+    subset = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:50].sort().values.tolist()
+    G.eval()
+    wrapped = torch_fidelity.GenerativeModelModuleWrapper(metrics._Uint8Generator(G), G.z_dim, "normal", 0)
+    common = dict(input1=wrapped, feature_extractor=features, rng_seed=state["config"]["seed"], verbose=False,
+                  cuda=False, save_cpu_ram=True)
+    direct_isc = torch_fidelity.calculate_metrics(**common, input1_model_num_samples=40, isc=True, isc_splits=4)
+    direct_fid = torch_fidelity.calculate_metrics(
+        **common, input1_model_num_samples=30, fid=True,
+        input2=metrics._Uint8Images(torch.utils.data.Subset(real, subset)))
+    assert result["metrics/isc"] == pytest.approx(direct_isc["inception_score_mean"], rel=1e-9)
+    assert result["metrics/isc_std"] == pytest.approx(direct_isc["inception_score_std"], rel=1e-9)
+    assert result["metrics/fid"] == pytest.approx(direct_fid["frechet_inception_distance"], rel=1e-9)
+
+    synthetic = tmp_path / "synthetic"
+    train(compose_config(TINY + QUIET + ["train.steps=1"]), synthetic)
+    with pytest.raises(UserError, match="scored by its oracle: drop metrics.protocol"):
+        evaluate(str(synthetic), protocol="sngan")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["ckpt=x", "metrics.protocol=paper"], "metrics.protocol must be one of default, sngan, mimicry, got 'paper'"),
+    (["ckpt=x", "n=500", "metrics.protocol=sngan"], "n does not apply with metrics.protocol=sngan"),
+])
+def test_bad_protocol_arguments(args, message):
+    from sngan.evaluate import main
+
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert str(info.value).startswith("error: ") and message in str(info.value)

@@ -26,7 +26,7 @@ def _seed() -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("resolution", [16, 32, 64])
+@pytest.mark.parametrize("resolution", [16, 32, 48, 64])
 def test_output_shapes(name: str, resolution: int) -> None:
     g_ch, d_ch = SMALL[name]
     G = build_generator(name, resolution=resolution, z_dim=16, g_ch=g_ch)
@@ -195,8 +195,8 @@ def test_init() -> None:
     ("kwargs", "match"),
     [
         ({"name": "dcgan"}, "choose one of: cnn, resnet"),
-        ({"resolution": 48}, "allowed: 16, 32, 64, 128"),
-        ({"resolution": 8}, "allowed: 16, 32, 64, 128"),
+        ({"resolution": 40}, "allowed: 16, 32, 48, 64, 128"),
+        ({"resolution": 8}, "allowed: 16, 32, 48, 64, 128"),
         ({"g_ch": 0}, "g_ch must be a positive integer"),
         ({"z_dim": 0}, "z_dim must be a positive integer"),
         ({"channels": 2.5}, "channels must be a positive integer"),
@@ -212,7 +212,7 @@ def test_bad_generator_arguments(kwargs: dict, match: str) -> None:
     ("kwargs", "match"),
     [
         ({"name": "ResNet"}, "choose one of: cnn, resnet"),
-        ({"resolution": 256}, "allowed: 16, 32, 64, 128"),
+        ({"resolution": 256}, "allowed: 16, 32, 48, 64, 128"),
         ({"d_ch": -4}, "d_ch must be a positive integer"),
         ({"channels": 0}, "channels must be a positive integer"),
     ],

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import TINY, TINY_MODEL, compose_config, read_scalars, run_cli
-from fixtures import skip_cifar10_md5, write_celeba, write_cifar10
+from fixtures import skip_cifar10_md5, write_celeba, write_cifar10, write_stl10
 from sngan import checkpoint
 from sngan.errors import RunDiverged, UserError
 from sngan.train import train
@@ -47,6 +47,30 @@ def test_experiments_hold_deltas():
     assert cfg.model.name == "resnet" and cfg.optim.beta1 == 0.0 and cfg.train.n_dis == 5
     cfg = compose_config(["experiment=celeba64"])
     assert cfg.dataset.name == "celeba" and cfg.dataset.resolution == 64
+
+
+def test_presets_that_claim_a_published_number_use_the_layout_that_produced_it():
+    """The defaults are today's models; each reproducing preset names the layout, widths and batch of its
+    reference (README, "Reproducing published numbers")."""
+    default = compose_config()
+    assert (default.model.layout, default.model.init, default.model.leaky_slope) == ("paper_table", None, None)
+    assert default.train.g_batch_size is None
+    expected = {  # preset: (model, layout, g_ch, d_ch, upsample, g_batch_size, dataset, resolution, steps)
+        "cifar10_cnn": ("cnn", "authors", 512, 64, None, None, "cifar10", 32, 100_000),
+        "cifar10_resnet": ("resnet", "authors", 256, 128, "nearest", 128, "cifar10", 32, 50_000),
+        "stl10_resnet": ("resnet", "authors", 512, 64, "bilinear", None, "stl10", 48, 100_000),
+        "celeba64": ("resnet", "authors", 1024, 64, "bilinear", None, "celeba", 64, 100_000),
+    }
+    for preset, want in expected.items():
+        c = compose_config([f"experiment={preset}"])
+        got = (c.model.name, c.model.layout, c.model.g_ch, c.model.d_ch, c.model.get("upsample"),
+               c.train.g_batch_size, c.dataset.name, c.dataset.resolution, c.train.steps)
+        assert got == want, preset
+    assert compose_config(["experiment=celeba64"]).dataset.crop == 178  # Mimicry's CelebA preprocessing
+    for preset in ("cifar10_resnet", "stl10_resnet", "celeba64"):  # Gulrajani et al.'s Adam, as the references
+        c = compose_config([f"experiment={preset}"])
+        assert (c.optim.lr, c.optim.beta1, c.optim.beta2, c.train.n_dis, c.optim.lr_decay) == (2e-4, 0.0, 0.9, 5,
+                                                                                              "linear")
 
 
 def test_struct_mode_refuses_a_mistyped_key():
@@ -168,6 +192,19 @@ def test_trains_on_cifar10_python_batches(tmp_path, monkeypatch):
     assert "metrics/clean_rate" not in read_scalars(run)  # the oracle exists for synthetic data only
 
 
+def test_stl10_resnet_preset_trains_on_a_generated_stl10_folder_from_the_cli(tmp_path):
+    """The issue's command with narrow models (the preset's own widths take a minute a step on a CPU)."""
+    write_stl10(tmp_path / "stl", n_unlabeled=16)
+    proc = run_cli(["experiment=stl10_resnet", f"dataset.root={tmp_path / 'stl'}", "train.steps=2", "device=cpu",
+                    "metrics.during_training=false", "model.g_ch=32", "model.d_ch=4", "train.batch_size=8",
+                    "dataset.num_workers=0", "log.progress=false", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "data stl10 48x48 | model resnet (authors layout)" in proc.stdout
+    state = _final_state(tmp_path / "run")
+    assert state["step"] == 2 and state["config"]["model"]["upsample"] == "bilinear"
+    assert state["G"]["fc.weight"].shape == (6 * 6 * 32, 128)  # Table 5: G starts from 6x6
+
+
 def test_trains_on_a_celeba_folder_of_jpegs_from_the_cli(tmp_path):
     write_celeba(tmp_path / "celeba", n=8)
     proc = run_cli(TINY_MODEL + ["dataset=celeba", f"dataset.root={tmp_path / 'celeba'}", "dataset.resolution=16",
@@ -200,6 +237,24 @@ def test_bad_input_fails_cleanly(tmp_path, args, message):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("args,message", [
+    (["model.layout=chainer"], "model.layout must be one of paper_table, authors, got 'chainer'"),
+    (["model.init=kaiming"], "model.init must be one of xavier, normal or null"),
+    (["model.leaky_slope=2"], "model.leaky_slope must be a number in [0, 1)"),
+    (["train.g_batch_size=0"], "train.g_batch_size must be an integer >= 1 or null, got 0"),
+    (["train.g_batch_size=1"], "train.g_batch_size must be >= 2 for the cnn generator, got 1"),
+    (["model=resnet", "model.upsample=cubic"], "model.upsample must be one of nearest, bilinear"),
+    (["dataset=celeba", "dataset.crop=-1"], "dataset.crop must be an integer >= 1, got -1"),
+    (["model=resnet", "model.layout=authors"], "model.layout=authors: the authors' resnet layout exists at 32, 48, 64 px"),
+])
+def test_bad_layout_and_batch_keys_are_one_line_user_errors(tmp_path, args, message):
+    """(The CLI prints any UserError as one line without a traceback: test_bad_input_fails_cleanly.)"""
+    with pytest.raises(UserError) as info:
+        _train(tmp_path, ["train.steps=1"] + args, base=TINY_MODEL)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.slow
 def test_multirun_sweeps_variants(tmp_path):
     proc = run_cli(["-m", "variant=naive,reshaped"] + TINY + ["train.steps=2", "log.every=1"] + FAST_LOG +
@@ -209,3 +264,73 @@ def test_multirun_sweeps_variants(tmp_path):
     # named by the overrides (sorted by key), never by job number
     assert [name.split(",")[-1] for name in runs] == ["variant=naive", "variant=reshaped"]
     assert all(name.startswith("ckpt.every=1000,dataset.resolution=16,") for name in runs)
+
+
+# --- fakes per generator update --------------------------------------------------------------
+
+def _tiny_iteration(g_batch_size):
+    from sngan.models import build_discriminator, build_generator
+    from sngan.step import gan_iteration
+
+    torch.manual_seed(0)
+    G = build_generator("cnn", resolution=16, z_dim=8, g_ch=16)
+    D = build_discriminator("cnn", resolution=16, d_ch=4)
+    seen = []
+    G.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    real = torch.rand(6, 3, 16, 16) * 2 - 1
+    gan_iteration(G, D, opt_g, opt_d, lambda: real, batch_size=6, n_dis=2, loss="hinge", g_batch_size=g_batch_size)
+    return seen, G.state_dict(), torch.get_rng_state()
+
+
+def test_g_batch_size_sets_the_fakes_of_the_generator_update_only():
+    default, same, double = _tiny_iteration(None), _tiny_iteration(6), _tiny_iteration(12)
+    assert default[0] == same[0] == [6, 6, 6] and double[0] == [6, 6, 12]
+    # unset and equal to the batch draw the same numbers: today's runs are unchanged
+    assert all(torch.equal(default[1][k], same[1][k]) for k in default[1])
+    assert torch.equal(default[2], same[2]) and not torch.equal(default[2], double[2])
+
+
+def test_g_batch_size_through_the_config(tmp_path):
+    _, default = _train(tmp_path, ["train.steps=2"] + FAST_LOG, name="default")
+    _, same = _train(tmp_path, ["train.steps=2", "train.g_batch_size=8"] + FAST_LOG, name="same")
+    _, double = _train(tmp_path, ["train.steps=2", "train.g_batch_size=16"] + FAST_LOG, name="double")
+    a, b, c = (_final_state(run)["G"] for run in (default, same, double))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_checkpoint_from_before_the_layout_keys_resumes_as_paper_table(tmp_path):
+    """Configs saved before model.layout / init / leaky_slope / train.g_batch_size existed count them
+    as their defaults: the run continues bit-identical to one that had them all along."""
+    from test_resume import assert_identical
+
+    _, straight = _train(tmp_path, ["train.steps=4", "optim.lr_decay=linear"] + FAST_LOG, name="straight")
+    _, old = _train(tmp_path, ["train.steps=4", "optim.lr_decay=linear", "ckpt.every=2"] + FAST_LOG[:2], name="old")
+    ckpt = old / "checkpoints" / "step_0000002.pt"
+    state = checkpoint.load(ckpt)
+    for key in ("layout", "init", "leaky_slope"):
+        del state["config"]["model"][key]
+    del state["config"]["train"]["g_batch_size"]
+    checkpoint.atomic_save(state, ckpt)
+    cfg = compose_config(TINY + ["train.steps=4", "optim.lr_decay=linear"] + FAST_LOG + [f"resume={ckpt}"])
+    train(cfg, tmp_path / "forked", overrides=[f"resume={ckpt}"])
+    assert_identical(_final_state(tmp_path / "forked"), _final_state(straight))
+
+
+def test_an_old_resnet_checkpoint_without_the_keys_loads_and_resumes(tmp_path):
+    """Forked from a command whose model group differs, the saved config keeps no model.layout at all."""
+    from sngan.train import restore_models
+
+    _, run = _train(tmp_path, ["model=resnet", "model.g_ch=16", "train.steps=2"] + FAST_LOG, name="old")
+    ckpt = run / "checkpoints" / "last.pt"
+    state = checkpoint.load(ckpt)
+    for key in ("layout", "init", "upsample"):
+        del state["config"]["model"][key]
+    del state["config"]["train"]["g_batch_size"]
+    checkpoint.atomic_save(state, ckpt)
+    _, G, D, _ = restore_models(checkpoint.load(ckpt), torch.device("cpu"))  # what sample/evaluate do
+    assert D.layout == "paper_table" and D.fc.bias is not None and G.blocks[0].upsample == "nearest"
+    cfg = compose_config(TINY + ["train.steps=3"] + FAST_LOG + [f"resume={ckpt}"])
+    train(cfg, tmp_path / "forked", overrides=[f"resume={ckpt}", "train.steps=3"])
+    assert _final_state(tmp_path / "forked")["step"] == 3

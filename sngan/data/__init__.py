@@ -6,7 +6,9 @@ picklable (DataLoader workers) and deterministic per index.
 * ``synthetic``: coloured shapes with an exact oracle for mode coverage (sngan.data.synthetic);
   keys resolution, size, seed.  ``build_dataset(...).oracle`` is its ShapesOracle.
 * ``cifar10``: the CIFAR-10 training set via torchvision; keys root, resolution (must be 32), download.
-* ``celeba``: aligned CelebA, centre crop 140 then resize; keys root, resolution (usually 64).
+* ``stl10``: the STL-10 unlabeled split (100k images) from its binary file, resized; keys root,
+  resolution (48, at most 96), download.
+* ``celeba``: aligned CelebA, centre crop then resize; keys root, resolution (usually 64), crop (140).
 * ``folder``: every image under root, resized and centre-cropped; keys root, resolution.
 """
 
@@ -17,11 +19,12 @@ from collections.abc import Mapping
 
 from torch.utils.data import Dataset
 
-from sngan.data.real import celeba, cifar10, folder
+from sngan.data.real import CELEBA_CROP, celeba, cifar10, folder, stl10
 from sngan.data.synthetic import NUM_MODES, ShapesOracle, SyntheticShapes
 from sngan.errors import UserError
 
-DATASETS = ("synthetic", "cifar10", "celeba", "folder")
+DATASETS = ("synthetic", "cifar10", "stl10", "celeba", "folder")
+DEFAULT_RESOLUTION = {"celeba": 64, "stl10": 48}  # else 32
 
 __all__ = ["DATASETS", "build_dataset", "NUM_MODES", "ShapesOracle", "SyntheticShapes"]
 
@@ -60,16 +63,19 @@ def build_dataset(cfg) -> Dataset:
     name = str(_get(cfg, "name"))
     if name not in DATASETS:
         raise UserError(f"unknown dataset.name={name!r}; choose one of: {', '.join(DATASETS)}")
-    resolution = _int(cfg, "resolution", 64 if name == "celeba" else 32)
+    resolution = _int(cfg, "resolution", DEFAULT_RESOLUTION.get(name, 32))
     if resolution < 1:
         raise UserError(f"dataset.resolution={resolution} must be a positive number of pixels")
     if name == "synthetic":
         return SyntheticShapes(resolution=resolution, size=_int(cfg, "size", 50_000), seed=_int(cfg, "seed", 0))
-    if name == "cifar10":
+    if name in ("cifar10", "stl10"):
         download = _get(cfg, "download", False)
         if not isinstance(download, bool):
             raise UserError(f"dataset.download={download!r} must be true or false")
-        return cifar10(_root(cfg), resolution, download)
+        return (cifar10 if name == "cifar10" else stl10)(_root(cfg), resolution, download)
     if name == "celeba":
-        return celeba(_root(cfg), resolution)
+        crop = _int(cfg, "crop", CELEBA_CROP)  # configs older than the key: the crop they were trained with
+        if crop < 1:
+            raise UserError(f"dataset.crop={crop} must be a positive number of pixels")
+        return celeba(_root(cfg), resolution, crop)
     return folder(_root(cfg), resolution)

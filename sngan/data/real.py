@@ -1,4 +1,4 @@
-"""Real image data sets: ``cifar10``, ``celeba`` and ``folder``.
+"""Real image data sets: ``cifar10``, ``stl10``, ``celeba`` and ``folder``.
 
 Each returns float32 images (3, R, R) in [-1, 1], no labels.  Missing or unreadable data is a
 UserError that names ``dataset.root`` and says how to get the data.
@@ -11,6 +11,7 @@ import os
 import socket
 import tarfile
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -20,11 +21,13 @@ from sngan.errors import UserError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
+STL10_URL = "https://ai.stanford.edu/~acoates/stl10/"
+STL10_SIDE = 96  # STL-10 images are 96x96x3, stored as uint8 channel planes, each plane column-major
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Seconds any single network operation of a download may stall before we give up.  urllib (used by
 # torchvision) has no timeout by default, so a silently dropped connection would hang forever.
 DOWNLOAD_TIMEOUT_S = 60.0
-CELEBA_CROP = 140  # the usual CelebA-64 preprocessing: centre 140x140 of the 178x218 aligned image
+CELEBA_CROP = 140  # the usual CelebA-64 preprocessing: centre 140x140 of the 178x218 aligned image (Mimicry: 178)
 
 
 def to_minus1_1() -> T.Compose:
@@ -129,8 +132,75 @@ def _images_in(folder: str, recursive: bool) -> list[str]:
     return sorted(found)
 
 
-def celeba(root: str, resolution: int = 64) -> Dataset:
-    """Aligned CelebA (img_align_celeba/*.jpg), centre-cropped to 140x140 and resized to `resolution`."""
+class STL10Binary(Dataset):
+    """Images of an STL-10 binary file (``unlabeled_X.bin``, ``train_X.bin``, ...) through `transform`.
+
+    The official format (the dataset's web page, and torchvision's reader): N images of 3 x 96 x 96
+    uint8, one colour plane after another, each plane column-major. The file is memory-mapped per
+    process (opened lazily, so the data set pickles as a path for DataLoader workers).
+    """
+
+    def __init__(self, path: str, transform):
+        self.path, self.transform = path, transform
+        size = os.path.getsize(path)
+        image_bytes = 3 * STL10_SIDE * STL10_SIDE
+        if size == 0 or size % image_bytes:
+            raise UserError(f"{path} is not an STL-10 binary file ({size} bytes, not a positive multiple of "
+                            f"{image_bytes}): it is truncated or damaged; delete it and extract "
+                            "stl10_binary.tar.gz again")
+        self.n = size // image_bytes
+        self._images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None}
+
+    def image(self, index: int) -> np.ndarray:
+        """Image `index` as uint8 HWC (96, 96, 3)."""
+        if not 0 <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.n} images")
+        if self._images is None:
+            self._images = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.n, 3, STL10_SIDE, STL10_SIDE))
+        # stored as [channel, column, row]: rows first for HWC
+        return np.ascontiguousarray(self._images[index].transpose(2, 1, 0))
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(Image.fromarray(self.image(index)))
+
+
+def stl10(root: str, resolution: int = 48, download: bool = False) -> Dataset:
+    """The 100,000 unlabeled STL-10 images (``stl10_binary/unlabeled_X.bin``), resized to `resolution`.
+
+    Read directly from the official binary file, so any copy in that format loads (torchvision's STL10
+    would insist on the archive's md5 sums). With `download`, a missing file is fetched by torchvision
+    (which checks the md5 of the archive it downloads)."""
+    if resolution > STL10_SIDE:
+        raise UserError(f"dataset.resolution={resolution} is larger than STL-10's {STL10_SIDE}x{STL10_SIDE} images; "
+                        "set dataset.resolution=48 (the paper's) or at most 96")
+    path = os.path.join(root, "stl10_binary", "unlabeled_X.bin")
+    get_it = f"download stl10_binary.tar.gz from {STL10_URL} and extract it in {root}"
+    if not os.path.isfile(path) and download:
+        from torchvision.datasets import STL10
+
+        try:
+            with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+                STL10(root, split="unlabeled", download=True)
+        except (OSError, RuntimeError, EOFError, tarfile.TarError) as e:  # URLError and timeouts are OSErrors
+            raise UserError(
+                f"could not download STL-10 into dataset.root={root} ({_one_line(e)}); "
+                f"check the network, or {get_it} and set dataset.download=false"
+            ) from None
+    if not os.path.isfile(path):
+        raise UserError(f"STL-10 not found in dataset.root={root} (expected {path}); {get_it}, "
+                        "or run once online with dataset.download=true")
+    # As torchvision.transforms.Resize on the PIL image: Mimicry's STL-10 preprocessing.
+    return STL10Binary(path, T.Compose([T.Resize(resolution), to_minus1_1()]))
+
+
+def celeba(root: str, resolution: int = 64, crop: int = CELEBA_CROP) -> Dataset:
+    """Aligned CelebA (img_align_celeba/*.jpg), centre-cropped to `crop` (140) and resized to `resolution`."""
     candidates = [os.path.join(root, "img_align_celeba"), os.path.join(root, "celeba", "img_align_celeba")]
     if os.path.basename(os.path.normpath(root)) == "img_align_celeba":
         candidates.insert(0, root)  # dataset.root pointing at the image folder itself
@@ -144,7 +214,7 @@ def celeba(root: str, resolution: int = 64) -> Dataset:
             f"download img_align_celeba.zip ('Align&Cropped Images') from {CELEBA_URL} and unzip it in {root}, "
             "or run torchvision.datasets.CelebA(root, download=True) once online with gdown installed"
         )
-    transform = T.Compose([T.CenterCrop(CELEBA_CROP), T.Resize((resolution, resolution)), to_minus1_1()])
+    transform = T.Compose([T.CenterCrop(crop), T.Resize((resolution, resolution)), to_minus1_1()])
     return ImageFiles(files, transform)
 
 
