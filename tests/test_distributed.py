@@ -11,8 +11,9 @@ import torch
 
 from sngan import checkpoint, distributed
 from sngan.batches import BatchStream
+from sngan.errors import UserError
 from sngan.train import restore_models
-from conftest import TINY, run_cli
+from conftest import TINY, compose_config, run_cli
 
 
 def torchrun(args, cwd):
@@ -97,3 +98,22 @@ def test_odd_global_batch_is_a_clear_error(tmp_path):
     assert "error: train.batch_size (7) is the global batch" in proc.stderr
     frames = [line for line in proc.stderr.splitlines() if line.strip().startswith("File ")]
     assert not any("sngan" in line for line in frames)  # torchrun reports the exit; no traceback of ours
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.g_batch_size=7"], "train.g_batch_size (7) is global like train.batch_size: it must split evenly over "
+                               "the 2 ranks"),
+    (["train.batch_size=2"], "train.batch_size must be >= 4 on 2 ranks"),
+    (["train.g_batch_size=2"], "train.g_batch_size must be >= 4 on 2 ranks"),
+])
+def test_each_rank_gets_two_images_in_each_of_gs_batches(overrides, message):
+    """The per-rank share of both of G's batches (D's fakes and G's update), checked before any work
+    (the checks torchrun runs on every rank; the settings table sees only the global numbers)."""
+    from sngan.distributed import Context
+    from sngan.train import check_device_settings
+
+    cfg = compose_config(TINY + overrides)
+    check_device_settings(compose_config(TINY), torch.device("cpu"), Context(rank=0, world_size=2))
+    with pytest.raises(UserError) as refused:
+        check_device_settings(cfg, torch.device("cpu"), Context(rank=0, world_size=2))
+    assert str(refused.value).startswith(message)
