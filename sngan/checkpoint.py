@@ -240,6 +240,12 @@ def _overridden(key: str, overrides: list[str]) -> bool:
     return False
 
 
+def _named(key: str, overrides: list[str]) -> bool:
+    """The command line sets `key` (or a key above it) by name, not through a config group."""
+    names = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
+    return any(key == name or key.startswith(name + ".") for name in names if name not in _GROUP_KEYS)
+
+
 _THIS_COMMAND = ("resume", "device")  # belong to the command at hand, not to the run
 
 
@@ -254,6 +260,15 @@ def resume_config(saved: dict, current: DictConfig, overrides: list[str] | None,
         raise UserError(f"cannot resume {source}: these settings differ from the saved run: {', '.join(refused)} "
                         f"(a resume takes the saved run's config; only {', '.join(RESUMABLE_CHANGES)} may "
                         "change: drop those overrides, or start a new run)")
+    # A key added since the checkpoint was written: the run trained as it did before the key existed
+    # (its default). Setting it by name on the command line would change the maths unnoticed.
+    saved_flat = _flatten(saved)
+    if overrides is not None:
+        added = [k for k in _flatten(current_dict)
+                 if k not in saved_flat and not resumable(k, saved_flat) and _named(k, overrides)]
+        if added:
+            raise UserError(f"cannot resume {source}: the saved run predates {', '.join(added)} and trained "
+                            "without them (as their defaults): drop those overrides, or start a new run")
     # Keys added since the checkpoint was written take today's defaults: fill them in from `current`,
     # except inside a config group that chose another option (its keys are that option's).
     defaults = copy.deepcopy(current_dict)
@@ -261,7 +276,6 @@ def resume_config(saved: dict, current: DictConfig, overrides: list[str] | None,
         if isinstance(saved.get(group), dict) and saved[group].get("name") != defaults.get(group, {}).get("name"):
             defaults[group] = {}
     merged = OmegaConf.merge(OmegaConf.create(defaults), saved)
-    saved_flat = _flatten(saved)
     for key, value in _flatten(current_dict).items():
         if resumable(key, saved_flat) and (overrides is None or _overridden(key, overrides) or key in _THIS_COMMAND):
             OmegaConf.update(merged, key, value, merge=False)

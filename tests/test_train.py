@@ -318,6 +318,20 @@ def test_a_checkpoint_from_before_the_layout_keys_resumes_as_paper_table(tmp_pat
     assert_identical(_final_state(tmp_path / "forked"), _final_state(straight))
 
 
+def test_setting_a_key_the_old_checkpoint_lacks_is_refused_on_resume(tmp_path):
+    """The run trained as the key's default; an override by name would change it unnoticed."""
+    _, run = _train(tmp_path, ["train.steps=2"] + FAST_LOG, name="old")
+    ckpt = run / "checkpoints" / "last.pt"
+    state = checkpoint.load(ckpt)
+    del state["config"]["model"]["leaky_slope"]
+    checkpoint.atomic_save(state, ckpt)
+    before = ckpt.read_bytes()
+    overrides = [f"resume={ckpt}", "train.steps=3", "model.leaky_slope=0.2"]
+    with pytest.raises(UserError, match=r"predates model.leaky_slope .*drop those overrides"):
+        train(compose_config(TINY + FAST_LOG + overrides), tmp_path / "forked", overrides=overrides)
+    assert ckpt.read_bytes() == before
+
+
 def test_an_old_resnet_checkpoint_without_the_keys_loads_and_resumes(tmp_path):
     """Forked from a command whose model group differs, the saved config keeps no model.layout at all."""
     from sngan.train import restore_models
