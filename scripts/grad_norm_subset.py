@@ -39,8 +39,7 @@ def main() -> None:
             full, errors = [], []
             for _ in range(args.batches):
                 index = torch.randint(len(data), (64,), generator=gen)
-                real = torch.stack([data[int(i)] if not isinstance(data[int(i)], tuple) else data[int(i)][0]
-                                    for i in index])
+                real = torch.stack([data[int(i)] for i in index])
                 with torch.no_grad():
                     G.eval()
                     fake = G(torch.randn(64, cfg.model.z_dim, generator=gen))

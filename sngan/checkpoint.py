@@ -231,9 +231,12 @@ def resumable(key: str, saved_flat: dict) -> bool:
 _GROUP_KEYS = {"optim": ("optim", "train.n_dis"), "experiment": ("",)}
 
 
+def _override_names(overrides: list[str]) -> list[str]:
+    return [item.split("=", 1)[0].lstrip("+~") for item in overrides]
+
+
 def _overridden(key: str, overrides: list[str]) -> bool:
-    for item in overrides:
-        name = item.split("=", 1)[0].lstrip("+~")
+    for name in _override_names(overrides):
         for prefix in _GROUP_KEYS.get(name, (name,)):
             if prefix == "" or key == prefix or key.startswith(prefix + "."):
                 return True
@@ -242,8 +245,8 @@ def _overridden(key: str, overrides: list[str]) -> bool:
 
 def _named(key: str, overrides: list[str]) -> bool:
     """The command line sets `key` (or a key above it) by name, not through a config group."""
-    names = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
-    return any(key == name or key.startswith(name + ".") for name in names if name not in _GROUP_KEYS)
+    return any(key == name or key.startswith(name + ".")
+               for name in _override_names(overrides) if name not in _GROUP_KEYS)
 
 
 _THIS_COMMAND = ("resume", "device")  # belong to the command at hand, not to the run

@@ -70,10 +70,15 @@ def cifar10_image(index: int) -> np.ndarray:
     Red encodes the row, green the column, blue the image index, so any transposition, channel
     swap or reordering shows up.
     """
-    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
-    image = np.empty((32, 32, 3), dtype=np.uint8)
-    image[..., 0] = rows * 8
-    image[..., 1] = cols * 8
+    return _coded_image(index, size=32, step=8)
+
+
+def _coded_image(index: int, size: int, step: int) -> np.ndarray:
+    """uint8 (size, size, 3) HWC: red = step * row, green = step * column, blue = 37 * index (mod 256)."""
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    image[..., 0] = rows * step
+    image[..., 1] = cols * step
     image[..., 2] = (index * 37) % 256
     return image
 
@@ -128,12 +133,7 @@ STL10_CLASS_NAMES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "
 def stl10_image(index: int) -> np.ndarray:
     """The uint8 (96, 96, 3) HWC image number `index` of a write_stl10 file: red = 2 * row,
     green = 2 * column, blue = 37 * index (mod 256), so a transposition or channel swap shows up."""
-    rows, cols = np.meshgrid(np.arange(96), np.arange(96), indexing="ij")
-    image = np.empty((96, 96, 3), dtype=np.uint8)
-    image[..., 0] = rows * 2
-    image[..., 1] = cols * 2
-    image[..., 2] = (index * 37) % 256
-    return image
+    return _coded_image(index, size=96, step=2)
 
 
 def _write_stl10_images(path: str, first: int, n: int) -> None:

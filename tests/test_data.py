@@ -273,18 +273,23 @@ def test_cifar10_needs_resolution_32(tmp_path):
         real.cifar10(str(tmp_path), 64)
 
 
-@pytest.fixture
-def unreachable_cifar_url(monkeypatch):
-    """Point the CIFAR-10 download at a local socket that accepts and never answers (no real network)."""
-    from torchvision.datasets import CIFAR10
-
+def _unreachable(monkeypatch, dataset_class, archive: str):
+    """Point `dataset_class`'s download at a local socket that accepts and never answers (no real
+    network); yield while it listens."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(4)
-    monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.getsockname()[1]}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(dataset_class, "url", f"http://127.0.0.1:{server.getsockname()[1]}/{archive}")
     monkeypatch.setattr(real, "DOWNLOAD_TIMEOUT_S", 0.5)
     yield
     server.close()
+
+
+@pytest.fixture
+def unreachable_cifar_url(monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    yield from _unreachable(monkeypatch, CIFAR10, "cifar-10-python.tar.gz")
 
 
 def test_cifar10_failed_download_is_a_user_error_not_a_hang(tmp_path, unreachable_cifar_url):
@@ -371,16 +376,9 @@ def test_stl10_missing_or_damaged_is_a_one_line_user_error(tmp_path):
 
 @pytest.fixture
 def unreachable_stl10_url(monkeypatch):
-    """Point the STL-10 download at a local socket that accepts and never answers (no real network)."""
     from torchvision.datasets import STL10
 
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(4)
-    monkeypatch.setattr(STL10, "url", f"http://127.0.0.1:{server.getsockname()[1]}/stl10_binary.tar.gz")
-    monkeypatch.setattr(real, "DOWNLOAD_TIMEOUT_S", 0.5)
-    yield
-    server.close()
+    yield from _unreachable(monkeypatch, STL10, "stl10_binary.tar.gz")
 
 
 def test_stl10_download_uses_files_already_there_and_fails_cleanly_offline(tmp_path, unreachable_stl10_url):

@@ -65,7 +65,8 @@ def test_evaluate_scores_the_very_images_the_trainer_scored(tmp_path, monkeypatc
     assert torch.equal(trainer, same) and not torch.allclose(trainer, other)
 
 
-def test_fid_is_kid_through_torch_fidelity_with_a_stand_in_extractor(tmp_path, monkeypatch):
+def _cifar10_run(tmp_path, monkeypatch):
+    """A 2-step run on a generated CIFAR-10 folder, without metrics during training."""
     write_cifar10(tmp_path / "cifar", n_per_batch=20)
     skip_cifar10_md5(monkeypatch)
     run = tmp_path / "run"
@@ -73,6 +74,11 @@ def test_fid_is_kid_through_torch_fidelity_with_a_stand_in_extractor(tmp_path, m
                                                "dataset.download=false", "dataset.resolution=32",
                                                "dataset.num_workers=0", "train.steps=2",
                                                "metrics.during_training=false"]), run)
+    return run
+
+
+def test_fid_is_kid_through_torch_fidelity_with_a_stand_in_extractor(tmp_path, monkeypatch):
+    run = _cifar10_run(tmp_path, monkeypatch)
     cache = tmp_path / "cache"
     result = evaluate(str(run), n=64, feature_extractor="sngan-test-features", cache_root=str(cache))
     for key in ("metrics/fid", "metrics/isc", "metrics/kid"):
@@ -191,13 +197,7 @@ def test_evaluate_with_a_protocol_matches_direct_torch_fidelity_calls(tmp_path, 
     from sngan.data import build_dataset
     from sngan.train import restore_models
 
-    write_cifar10(tmp_path / "cifar", n_per_batch=20)
-    skip_cifar10_md5(monkeypatch)
-    run = tmp_path / "run"
-    train(compose_config(TINY_MODEL + QUIET + ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}",
-                                               "dataset.download=false", "dataset.resolution=32",
-                                               "dataset.num_workers=0", "train.steps=2",
-                                               "metrics.during_training=false"]), run)
+    run = _cifar10_run(tmp_path, monkeypatch)
     small = dataclasses.replace(metrics.PROTOCOLS["sngan"], isc_samples=40, isc_splits=4, fid_generated=30,
                                 fid_real=50)
     monkeypatch.setitem(metrics.PROTOCOLS, "sngan", small)

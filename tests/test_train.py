@@ -300,6 +300,15 @@ def test_g_batch_size_through_the_config(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def _drop_saved_keys(ckpt, *keys: str) -> None:
+    """Make `ckpt` look written before `keys` (group.key) existed: remove them from its saved config."""
+    state = checkpoint.load(ckpt)
+    for key in keys:
+        group, name = key.split(".")
+        del state["config"][group][name]
+    checkpoint.atomic_save(state, ckpt)
+
+
 def test_a_checkpoint_from_before_the_layout_keys_resumes_as_paper_table(tmp_path):
     """Configs saved before model.layout / init / leaky_slope / train.g_batch_size existed count them
     as their defaults: the run continues bit-identical to one that had them all along."""
@@ -308,11 +317,7 @@ def test_a_checkpoint_from_before_the_layout_keys_resumes_as_paper_table(tmp_pat
     _, straight = _train(tmp_path, ["train.steps=4", "optim.lr_decay=linear"] + FAST_LOG, name="straight")
     _, old = _train(tmp_path, ["train.steps=4", "optim.lr_decay=linear", "ckpt.every=2"] + FAST_LOG[:2], name="old")
     ckpt = old / "checkpoints" / "step_0000002.pt"
-    state = checkpoint.load(ckpt)
-    for key in ("layout", "init", "leaky_slope"):
-        del state["config"]["model"][key]
-    del state["config"]["train"]["g_batch_size"]
-    checkpoint.atomic_save(state, ckpt)
+    _drop_saved_keys(ckpt, "model.layout", "model.init", "model.leaky_slope", "train.g_batch_size")
     cfg = compose_config(TINY + ["train.steps=4", "optim.lr_decay=linear"] + FAST_LOG + [f"resume={ckpt}"])
     train(cfg, tmp_path / "forked", overrides=[f"resume={ckpt}"])
     assert_identical(_final_state(tmp_path / "forked"), _final_state(straight))
@@ -322,9 +327,7 @@ def test_setting_a_key_the_old_checkpoint_lacks_is_refused_on_resume(tmp_path):
     """The run trained as the key's default; an override by name would change it unnoticed."""
     _, run = _train(tmp_path, ["train.steps=2"] + FAST_LOG, name="old")
     ckpt = run / "checkpoints" / "last.pt"
-    state = checkpoint.load(ckpt)
-    del state["config"]["model"]["leaky_slope"]
-    checkpoint.atomic_save(state, ckpt)
+    _drop_saved_keys(ckpt, "model.leaky_slope")
     before = ckpt.read_bytes()
     overrides = [f"resume={ckpt}", "train.steps=3", "model.leaky_slope=0.2"]
     with pytest.raises(UserError, match=r"predates model.leaky_slope .*drop those overrides"):
@@ -338,11 +341,7 @@ def test_an_old_resnet_checkpoint_without_the_keys_loads_and_resumes(tmp_path):
 
     _, run = _train(tmp_path, ["model=resnet", "model.g_ch=16", "train.steps=2"] + FAST_LOG, name="old")
     ckpt = run / "checkpoints" / "last.pt"
-    state = checkpoint.load(ckpt)
-    for key in ("layout", "init", "upsample"):
-        del state["config"]["model"][key]
-    del state["config"]["train"]["g_batch_size"]
-    checkpoint.atomic_save(state, ckpt)
+    _drop_saved_keys(ckpt, "model.layout", "model.init", "model.upsample", "train.g_batch_size")
     _, G, D, _ = restore_models(checkpoint.load(ckpt), torch.device("cpu"))  # what sample/evaluate do
     assert D.layout == "paper_table" and D.fc.bias is not None and G.blocks[0].upsample == "nearest"
     cfg = compose_config(TINY + ["train.steps=3"] + FAST_LOG + [f"resume={ckpt}"])
