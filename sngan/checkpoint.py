@@ -167,7 +167,7 @@ def holds_run(run_dir: Path) -> bool:
 # Config keys a resume may change: they do not change the maths of the run.
 RESUMABLE_CHANGES = ("train.steps", "log", "ckpt", "device", "resume", "dataset.num_workers", "dataset.root",
                      "dataset.download", "train.amp", "train.compile", "train.channels_last",
-                     "train.cudnn_benchmark")
+                     "train.cudnn_benchmark", "train.cuda_graph", "train.deterministic")
 
 
 def locate(target: str | Path) -> Path:

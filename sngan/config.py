@@ -223,6 +223,8 @@ def _keys() -> dict[str, Spec]:
         "train.compile": boolean(),
         "train.channels_last": boolean(),
         "train.cudnn_benchmark": boolean(),
+        "train.cuda_graph": boolean(),
+        "train.deterministic": boolean(),
 
         "optim.lr": number(0, low_open=True),
         "optim.beta1": number(0, 1, high_open=True),
@@ -297,7 +299,19 @@ def _dataset_fits(values: Mapping[str, Any]) -> str | None:
     return None
 
 
-RULES: list[Callable[[Mapping[str, Any]], str | None]] = [_models_fit, _dataset_fits]
+def _cuda_graph_fits(values: Mapping[str, Any]) -> str | None:
+    """train.cuda_graph replays the eager kernels: torch.compile's own graphs and autocast's weight
+    cache (which a replay would not refill) do not combine with it. (Its device and torchrun are
+    checked when the run starts: device=auto is only known then.)"""
+    if not values.get("train.cuda_graph"):
+        return None
+    for key in ("train.compile", "train.amp"):
+        if values.get(key):
+            return f"train.cuda_graph=true does not combine with {key}=true; set one of them to false"
+    return None
+
+
+RULES: list[Callable[[Mapping[str, Any]], str | None]] = [_models_fit, _dataset_fits, _cuda_graph_fits]
 
 
 # --- the checks ------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sngan import checkpoint, distributed, runinfo
 from sngan.batches import BatchStream
@@ -39,6 +38,8 @@ from sngan.paths import writable_folder
 from sngan.runlock import run_lock
 from sngan.spectral import apply_spectral_norm
 from sngan.status import write_status
+from sngan.ema import build_ema, update_ema
+from sngan.graphed import GraphedIteration
 from sngan.step import apply_speed_switches, gan_iteration
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def build_models(cfg: DictConfig, device: torch.device):
                         f"({' '.join(str(e).split())[:120]}); use smaller widths") from None
     ema = None
     if cfg.train.ema_decay > 0:
-        ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+        ema = build_ema(G, cfg.train.ema_decay)
     return G, D, ema
 
 
@@ -100,16 +101,35 @@ def restore_models(state: dict, device: torch.device, source=None):
     return cfg, G, D, ema
 
 
-def build_optimizers(cfg: DictConfig, G, D):
+def build_optimizers(cfg: DictConfig, G, D, device: torch.device):
+    """Adam for G and D with their learning-rate schedules. On CUDA, the fused Adam kernel with
+    capturable=True, its learning rate a device tensor the schedulers fill in place: a CUDA graph
+    (train.cuda_graph) replays it, and the eager path runs the same arithmetic."""
     o = cfg.optim
     betas = (float(o.beta1), float(o.beta2))  # YAML `0` is an int, which Adam rejects
-    opt_g = torch.optim.Adam(G.parameters(), lr=float(o.lr), betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=float(o.lr), betas=betas)
+    fused = {"fused": True, "capturable": True} if device.type == "cuda" else {}
+    opt_g = torch.optim.Adam(G.parameters(), lr=float(o.lr), betas=betas, **fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=float(o.lr), betas=betas, **fused)
     steps = cfg.train.steps
     decay = (lambda step: max(0.0, 1.0 - step / steps)) if o.lr_decay == "linear" else (lambda step: 1.0)
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, decay)
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, decay)
+    place_learning_rates((opt_g, opt_d, sched_g, sched_d), device)
     return opt_g, opt_d, sched_g, sched_d
+
+
+def place_learning_rates(optimizers: tuple, device: torch.device) -> None:
+    """Each optimizer's learning rate as this device's kind (a device tensor on CUDA, else a float),
+    also after loading a checkpoint written on the other kind. Recomputed from the schedule (a CUDA
+    run's float32 tensors would round it), whose base rates are kept as floats."""
+    opt_g, opt_d, sched_g, sched_d = optimizers
+    for opt, sched in ((opt_g, sched_g), (opt_d, sched_d)):
+        sched.base_lrs = [float(lr) for lr in sched.base_lrs]
+        rates = [base * schedule(sched.last_epoch) for base, schedule in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, base, lr in zip(opt.param_groups, sched.base_lrs, rates):
+            group["lr"] = torch.tensor(lr, device=device) if device.type == "cuda" else lr
+            group["initial_lr"] = base
+        sched._last_lr = rates
 
 
 def seed_everything(seed: int) -> None:
@@ -186,6 +206,7 @@ def restore_training_state(state: dict, cfg: DictConfig, ctx: distributed.Contex
     try:
         for obj, key in zip(optimizers, ("opt_g", "opt_d", "sched_g", "sched_d")):
             obj.load_state_dict(state[key])
+        place_learning_rates(optimizers, next(G.parameters()).device)
         stream.restore(state["data"])
         health.load_state_dict(state.get("health") or {})  # checkpoints older than the health checks
         start = int(state["step"])
@@ -216,7 +237,26 @@ def check_device_settings(cfg: DictConfig, device: torch.device, ctx: distribute
         if ctx.enabled and batch is not None and batch // ctx.world_size < 2:
             raise UserError(f"{key} must be >= {2 * ctx.world_size} on {ctx.world_size} ranks (the global "
                             f"batch; G's batch normalization needs 2 images per rank), got {batch}")
+    if cfg.train.get("cuda_graph") and device.type != "cuda":
+        raise UserError(f"train.cuda_graph=true needs a CUDA device (this run's is {device.type}); "
+                        "use train.cuda_graph=false")
+    if cfg.train.get("cuda_graph") and ctx.enabled:
+        raise UserError("train.cuda_graph=true is not supported under torchrun yet (DDP's gradient hooks "
+                        "cannot be captured); run one process, or use train.cuda_graph=false")
     torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark)
+    set_determinism(bool(cfg.train.get("deterministic")))
+
+
+def set_determinism(enabled: bool) -> None:
+    """train.deterministic: kernels that give the same bits on every run (cuBLAS with a fixed
+    workspace, deterministic cuDNN algorithms, no benchmarking; an op without a deterministic
+    kernel raises). Set both ways: a sweep runs its jobs in one process."""
+    if enabled:  # read by cuBLAS when it creates its handle: before the run's first matrix product
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    if enabled:
+        torch.backends.cudnn.benchmark = False
 
 
 def save_checkpoint(run_dir: Path, step: int, cfg: DictConfig, ctx: distributed.Context, G, D, ema,
@@ -247,7 +287,7 @@ def diagnostics(it, G, D, scheds: tuple, monitor: Monitor, input_sizes: dict, st
     values = {"loss/d": it.loss_d.item(), "loss/g": it.loss_g.item(),
               "D/real": it.real_logits.mean().item(), "D/fake": it.fake_logits.mean().item(),
               "grad_norm/d": global_grad_norm(D), "grad_norm/g": global_grad_norm(G),
-              "lr/d": sched_d.get_last_lr()[0], "lr/g": sched_g.get_last_lr()[0],
+              "lr/d": float(sched_d.get_last_lr()[0]), "lr/g": float(sched_g.get_last_lr()[0]),
               "perf/img_per_s": monitor.images_per_second(step, images_per_step)}
     n = GRAD_NORM_SAMPLES
     values["lipschitz/grad_norm"] = 0.5 * (input_grad_norm(D, it.real[:n]) + input_grad_norm(D, it.fake[:n]))
@@ -322,7 +362,7 @@ def train_locked(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, de
     if ctx.is_main and getattr(dataset, "oracle", None) is None:
         real_metrics = real_data_metrics(cfg, dataset, device)
     G, D, ema = build_models(cfg, device)
-    opt_g, opt_d, sched_g, sched_d = build_optimizers(cfg, G, D)
+    opt_g, opt_d, sched_g, sched_d = build_optimizers(cfg, G, D, device)
     stream = BatchStream(dataset, batch_size=cfg.train.batch_size, seed=cfg.seed,
                          num_workers=cfg.dataset.num_workers, pin_memory=device.type == "cuda",
                          rank=ctx.rank, world_size=ctx.world_size)
@@ -357,6 +397,17 @@ def train_locked(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, de
     sample_G = ema.module if ema is not None else G
     sample_metrics = real_metrics or (monitor.oracle_metrics if monitor is not None else None)
 
+    def iterate(next_real: Callable[[], torch.Tensor]):
+        return gan_iteration(G, D, opt_g, opt_d, next_real, batch_size=t.batch_size // ctx.world_size,
+                             g_batch_size=g_batch_size // ctx.world_size, n_dis=t.n_dis, loss=cfg.loss.name,
+                             instance_noise=t.instance_noise, D_update=D_update, G_update=G_update,
+                             amp_dtype=amp_dtype)
+    if t.get("cuda_graph"):  # captured at the first step, after any resume has loaded its states
+        graphed = GraphedIteration(iterate, modules=(G, D), optimizers=(opt_g, opt_d))
+        run_iteration = lambda: graphed([next_real() for _ in range(t.n_dis)])
+    else:
+        run_iteration = lambda: iterate(next_real)
+
     save = lambda step: save_checkpoint(run_dir, step, cfg, ctx, G, D, ema, (opt_g, opt_d, sched_g, sched_d),
                                         stream, health)
 
@@ -372,16 +423,13 @@ def train_locked(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, de
     step = start
     try:
         while step < t.steps:
-            it = gan_iteration(G, D, opt_g, opt_d, next_real, batch_size=t.batch_size // ctx.world_size,
-                               g_batch_size=g_batch_size // ctx.world_size, n_dis=t.n_dis, loss=cfg.loss.name,
-                               instance_noise=t.instance_noise, D_update=D_update, G_update=G_update,
-                               amp_dtype=amp_dtype)
+            it = run_iteration()
             distributed.sync_buffers(ctx, G, D)
             sched_g.step()
             sched_d.step()
             step += 1
             if ema is not None and step > t.ema_start:
-                ema.update_parameters(G)
+                update_ema(ema, G, t.ema_decay)
             finite &= torch.isfinite(it.loss_d) & torch.isfinite(it.loss_g)
             if monitor is not None:
                 monitor.advance(step)
