@@ -94,7 +94,7 @@ def test_ema_update_equals_torchs_averaged_model():
     assert int(ours.n_averaged) == 5 and counters and all(int(c) > 0 for c in counters)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")
 def test_learning_rates_follow_the_device_of_the_run():
     """A checkpoint written on CUDA keeps its learning rate as a tensor in the optimizer state; a
     run that loads it on the CPU gets floats back, and its linear schedule continues exactly."""
