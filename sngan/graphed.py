@@ -80,7 +80,6 @@ class GraphedIteration:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: list[Tensor] = []
         self.output: Iteration | None = None
-        self.captures = 0
 
     def __call__(self, batches: Sequence[Tensor]) -> Iteration:
         layout = [(b.shape, b.dtype, b.stride(), b.device) for b in batches]
@@ -111,4 +110,3 @@ class GraphedIteration:
         with torch.cuda.graph(self.graph):
             self.output = self.iteration(feed)
         saved.restore()  # capture runs no kernel; the RNG states are set back for the first replay
-        self.captures += 1

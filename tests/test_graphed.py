@@ -23,6 +23,8 @@ from sngan.train import build_optimizers, check_device_settings, place_learning_
 from test_resume import QUIET, assert_identical
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# cuBLAS reads its workspace setting once, when this process first uses it: before any test does.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def _setup(variant: str, device="cpu"):
