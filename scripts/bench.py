@@ -11,7 +11,10 @@ sigmas, gradient norms) spread over the default logging interval; images per sec
 parametrize.cached) with the same models and batch. Peak memory is the peak RSS (CPU) or max
 allocated (GPU) of a separate process per configuration, since a process's peak only grows.
 --amp, --compile and --channels-last apply the trainer's switches of the same names to the
-variants; the textbook loop stays plain float32 eager.
+variants; the textbook loop stays plain float32 eager. On a GPU, --cuda-graph adds every variant
+again as one replayed CUDA graph per iteration (train.cuda_graph; rows named `<variant>+graph`),
+every row gains the CUDA kernels per iteration and the GPU's busy time (torch.profiler), and
+--deterministic turns on train.deterministic for all rows.
 """
 
 from __future__ import annotations
@@ -28,12 +31,16 @@ import torch.nn.functional as F
 
 from sngan.cli import ArgumentParser, run_main
 from sngan.config import KEYS, check_values, integer, resolve_device
+from sngan.errors import UserError
+from sngan.graphed import GraphedIteration
 from sngan.models import MODELS, build_discriminator, build_generator
 from sngan.monitor import GRAD_NORM_SAMPLES, input_grad_norm, layer_input_sizes, sigma_scalars
 from sngan.spectral import VARIANTS, apply_spectral_norm, normalized_layers
 from sngan.step import apply_speed_switches, gan_iteration
+from sngan.train import set_determinism
 
 TEXTBOOK = "textbook"
+GRAPHED = "+graph"  # a variant's row with the iteration replayed as a CUDA graph
 
 
 def build(args, variant: str, device: torch.device):
@@ -45,8 +52,11 @@ def build(args, variant: str, device: torch.device):
             torch.nn.utils.spectral_norm(layer)
     else:
         apply_spectral_norm(D, variant)
+    # The trainer's Adam: on CUDA fused and capturable (sngan.train.build_optimizers); the textbook's plain.
+    fused = {"fused": True, "capturable": True} if device.type == "cuda" and variant != TEXTBOOK else {}
     betas = (0.5, 0.999)
-    return G, D, torch.optim.Adam(G.parameters(), 2e-4, betas=betas), torch.optim.Adam(D.parameters(), 2e-4, betas=betas)
+    return (G, D, torch.optim.Adam(G.parameters(), 2e-4, betas=betas, **fused),
+            torch.optim.Adam(D.parameters(), 2e-4, betas=betas, **fused))
 
 
 def textbook_iteration(G, D, opt_g, opt_d, real, batch: int, n_dis: int) -> None:
@@ -63,7 +73,8 @@ def textbook_iteration(G, D, opt_g, opt_d, real, batch: int, n_dis: int) -> None
     opt_g.step()
 
 
-def make_runner(args, variant: str, device: torch.device):
+def make_runner(args, name: str, device: torch.device):
+    variant, graphed = name.removesuffix(GRAPHED), name.endswith(GRAPHED)
     G, D, opt_g, opt_d = build(args, variant, device)
     real = torch.rand(args.batch, 3, args.resolution, args.resolution, device=device) * 2 - 1
     if variant == TEXTBOOK:  # always the plain float32 eager loop
@@ -73,8 +84,26 @@ def make_runner(args, variant: str, device: torch.device):
     if args.channels_last:
         real = real.contiguous(memory_format=torch.channels_last)
     amp_dtype = torch.bfloat16 if args.amp else None
-    return (lambda: gan_iteration(G, D, opt_g, opt_d, lambda: real, batch_size=args.batch,
-                                  n_dis=args.n_dis, loss="hinge", amp_dtype=amp_dtype)), (G, D)
+    iteration = lambda next_real: gan_iteration(G, D, opt_g, opt_d, next_real, batch_size=args.batch,
+                                                n_dis=args.n_dis, loss="hinge", amp_dtype=amp_dtype)
+    if graphed:
+        graph = GraphedIteration(iteration, modules=(G, D), optimizers=(opt_g, opt_d))
+        return (lambda: graph([real] * args.n_dis)), (G, D)
+    return (lambda: iteration(lambda: real)), (G, D)
+
+
+def gpu_profile(run) -> tuple[int, float]:
+    """(CUDA kernels, seconds the GPU is busy with them) in one warmed-up call of `run`, from a
+    torch.profiler trace (kernels inside a replayed graph included, as CUPTI reports them)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(kernels), sum(e.self_device_time_total for e in kernels) / 1e6
 
 
 def sync(device: torch.device) -> None:
@@ -164,6 +193,8 @@ def main() -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the variants (train.amp)")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D (train.compile)")
     p.add_argument("--channels-last", action="store_true", help="NHWC models and batch (train.channels_last)")
+    p.add_argument("--cuda-graph", action="store_true", help="also each variant as a CUDA graph (train.cuda_graph)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (train.deterministic)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -172,10 +203,15 @@ def main() -> None:
                  shown={"model.name": "--model", "dataset.resolution": "--resolution", "model.g_ch": "--g-ch",
                         "model.d_ch": "--d-ch", "train.batch_size": "--batch"})
     device = resolve_device(args.device, "--device")
+    if args.cuda_graph and device.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device (--device is {device.type}); drop --cuda-graph")
+    if args.cuda_graph and (args.amp or args.compile):
+        raise UserError("--cuda-graph does not combine with --amp or --compile (as train.cuda_graph); drop one")
+    set_determinism(args.deterministic)
     if args.memory_of:
         return memory_child(args, args.memory_of, device)
 
-    names = list(VARIANTS) + [TEXTBOOK]
+    names = list(VARIANTS) + [TEXTBOOK] + ([v + GRAPHED for v in VARIANTS] if args.cuda_graph else [])
     runners = {name: make_runner(args, name, device)[0] for name in names}
     for run in runners.values():  # warm-up: allocator, first-forward initialisations
         run()
@@ -192,15 +228,24 @@ def main() -> None:
                      "median_s_per_iter": statistics.median(times[name]),
                      "vs_none": best[name] / best["none"], "img_per_s": images / best[name],
                      "peak_memory_mb": peak_memory_mb(args, name)})
+        if device.type == "cuda":
+            kernels, busy = gpu_profile(runners[name])
+            rows[-1] |= {"cuda_kernels_per_iter": kernels, "gpu_busy_s_per_iter": busy,
+                         "gpu_busy_share": busy / best[name]}
+        if name.endswith(GRAPHED):
+            rows[-1]["vs_none_graphed"] = best[name] / best["none" + GRAPHED]
     result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "settings": {k: v for k, v in vars(args).items() if k not in ("json", "memory_of")},
               "rows": rows, "diagnostics_s": diag, "sigma_s": sigma_s, "sigma_first_round_s": sigma_first_s,
               "diagnostics_vs_none": diag / best["none"], "sigma_vs_none": sigma_s / best["none"],
               "diagnostics_share_at_log_every": diag / (diag + args.log_every * best["reshaped"])}
-    print(f"{'config':<10} {'s/iter':>8} {'vs none':>8} {'img/s':>8} {'peak MB':>8}")
+    print(f"{'config':<15} {'s/iter':>8} {'vs none':>8} {'img/s':>8} {'peak MB':>8}"
+          + (f" {'kernels':>8} {'GPU busy':>8}" if device.type == "cuda" else ""))
     for r in rows:
-        print(f"{r['config']:<10} {r['s_per_iter']:>8.4f} {r['vs_none']:>8.3f} {r['img_per_s']:>8.1f} "
-              f"{r['peak_memory_mb']:>8.0f}")
+        gpu = (f" {r['cuda_kernels_per_iter']:>8d} {100 * r['gpu_busy_share']:>7.1f}%"
+               if "cuda_kernels_per_iter" in r else "")
+        print(f"{r['config']:<15} {r['s_per_iter']:>8.4f} {r['vs_none']:>8.3f} {r['img_per_s']:>8.1f} "
+              f"{r['peak_memory_mb']:>8.0f}{gpu}")
     print(f"diagnostics: {diag:.3f} s per log = {diag / best['none']:.2f} `none` iterations (sigmas and "
           f"intervals {sigma_s:.3f} s = {sigma_s / best['none']:.2f}; the first, cold round's {sigma_first_s:.3f} s) = "
           f"{100 * result['diagnostics_share_at_log_every']:.1f}% of a run logged every {args.log_every} iterations")
