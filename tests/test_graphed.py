@@ -232,3 +232,24 @@ def test_gpu_iteration_never_waits_for_the_host(graphed):
             sched.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+def test_bench_reports_graphed_rows_and_kernels_on_gpu(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cuda", "--resolution", "16",
+           "--g-ch", "32", "--d-ch", "8", "--batch", "4", "--steps", "2", "--repeats", "1", "--cuda-graph",
+           "--deterministic", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["config"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == set(VARIANTS) | {"textbook"} | {v + "+graph" for v in VARIANTS}
+    for name, row in rows.items():
+        assert row["cuda_kernels_per_iter"] > 0 and 0 < row["gpu_busy_share"] <= 1.0
+    assert rows["none+graph"]["vs_none_graphed"] == 1.0
