@@ -5,7 +5,8 @@
 
 In one process, interleaved so that machine noise hits every configuration alike: the time per
 iteration (n_dis D updates + 1 G update, sngan.step.gan_iteration, on a fixed in-memory batch) of
-every variant, relative to `none`; the cost of one round of the trainer's diagnostics (per-layer
+every variant, relative to `none`; the aten ops one warm iteration dispatches (CPU profiler,
+nested ops included); the cost of one round of the trainer's diagnostics (per-layer
 sigmas, gradient norms) spread over the default logging interval; images per second; and a
 "textbook" loop written the naive way (torch.nn.utils.spectral_norm hooks, plain zero_grad, no
 parametrize.cached) with the same models and batch. Peak memory is the peak RSS (CPU) or max
@@ -89,6 +90,14 @@ def seconds_per_iteration(run, steps: int, device: torch.device) -> float:
         run()
     sync(device)
     return (time.perf_counter() - start) / steps
+
+
+def aten_ops_per_iteration(run) -> int:
+    """Every `aten::` event, nested ones included, in a CPU-activity profile of one call of `run`:
+    how many ops an iteration dispatches (on a GPU, about how many kernels it launches)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    return sum(event.name.startswith("aten::") for event in prof.events())
 
 
 def diagnostics_seconds(args, device: torch.device) -> tuple[float, float, float]:
@@ -184,6 +193,7 @@ def main() -> None:
         for name in names:
             times[name].append(seconds_per_iteration(runners[name], args.steps, device))
     best = {name: min(t) for name, t in times.items()}
+    ops = {name: aten_ops_per_iteration(runners[name]) for name in names}  # warm runners, after timing
     diag, sigma_s, sigma_first_s = diagnostics_seconds(args, device)
     images = args.batch * args.n_dis
     rows = []
@@ -191,16 +201,17 @@ def main() -> None:
         rows.append({"config": name, "s_per_iter": best[name],
                      "median_s_per_iter": statistics.median(times[name]),
                      "vs_none": best[name] / best["none"], "img_per_s": images / best[name],
+                     "aten_ops_per_iter": ops[name],
                      "peak_memory_mb": peak_memory_mb(args, name)})
     result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "settings": {k: v for k, v in vars(args).items() if k not in ("json", "memory_of")},
               "rows": rows, "diagnostics_s": diag, "sigma_s": sigma_s, "sigma_first_round_s": sigma_first_s,
               "diagnostics_vs_none": diag / best["none"], "sigma_vs_none": sigma_s / best["none"],
               "diagnostics_share_at_log_every": diag / (diag + args.log_every * best["reshaped"])}
-    print(f"{'config':<10} {'s/iter':>8} {'vs none':>8} {'img/s':>8} {'peak MB':>8}")
+    print(f"{'config':<10} {'s/iter':>8} {'vs none':>8} {'img/s':>8} {'peak MB':>8} {'aten ops':>9}")
     for r in rows:
         print(f"{r['config']:<10} {r['s_per_iter']:>8.4f} {r['vs_none']:>8.3f} {r['img_per_s']:>8.1f} "
-              f"{r['peak_memory_mb']:>8.0f}")
+              f"{r['peak_memory_mb']:>8.0f} {r['aten_ops_per_iter']:>9d}")
     print(f"diagnostics: {diag:.3f} s per log = {diag / best['none']:.2f} `none` iterations (sigmas and "
           f"intervals {sigma_s:.3f} s = {sigma_s / best['none']:.2f}; the first, cold round's {sigma_first_s:.3f} s) = "
           f"{100 * result['diagnostics_share_at_log_every']:.1f}% of a run logged every {args.log_every} iterations")
