@@ -5,7 +5,8 @@
 
 In one process, interleaved so that machine noise hits every configuration alike: the time per
 iteration (n_dis D updates + 1 G update, sngan.step.gan_iteration, on a fixed in-memory batch) of
-every variant, relative to `none`; the cost of one round of the trainer's diagnostics (per-layer
+every variant, relative to `none`; the aten ops one warm iteration dispatches (CPU profiler,
+nested ops included); the cost of one round of the trainer's diagnostics (per-layer
 sigmas, gradient norms) spread over the default logging interval; images per second; and a
 "textbook" loop written the naive way (torch.nn.utils.spectral_norm hooks, plain zero_grad, no
 parametrize.cached) with the same models and batch. Peak memory is the peak RSS (CPU) or max
@@ -120,6 +121,14 @@ def seconds_per_iteration(run, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def aten_ops_per_iteration(run) -> int:
+    """Every `aten::` event, nested ones included, in a CPU-activity profile of one call of `run`:
+    how many ops an iteration dispatches (on a GPU, about how many kernels it launches)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    return sum(event.name.startswith("aten::") for event in prof.events())
+
+
 def diagnostics_seconds(args, device: torch.device) -> tuple[float, float, float]:
     """(one round of the trainer's per-log diagnostics, its sigma part alone: per-layer sigmas and
     certified intervals, each the best of `repeats`; the first round's sigma part) on a `reshaped`
@@ -220,6 +229,7 @@ def main() -> None:
         for name in names:
             times[name].append(seconds_per_iteration(runners[name], args.steps, device))
     best = {name: min(t) for name, t in times.items()}
+    ops = {name: aten_ops_per_iteration(runners[name]) for name in names}  # warm runners, after timing
     diag, sigma_s, sigma_first_s = diagnostics_seconds(args, device)
     images = args.batch * args.n_dis
     rows = []
@@ -227,6 +237,7 @@ def main() -> None:
         rows.append({"config": name, "s_per_iter": best[name],
                      "median_s_per_iter": statistics.median(times[name]),
                      "vs_none": best[name] / best["none"], "img_per_s": images / best[name],
+                     "aten_ops_per_iter": ops[name],
                      "peak_memory_mb": peak_memory_mb(args, name)})
         if device.type == "cuda":
             kernels, busy = gpu_profile(runners[name])
@@ -239,13 +250,13 @@ def main() -> None:
               "rows": rows, "diagnostics_s": diag, "sigma_s": sigma_s, "sigma_first_round_s": sigma_first_s,
               "diagnostics_vs_none": diag / best["none"], "sigma_vs_none": sigma_s / best["none"],
               "diagnostics_share_at_log_every": diag / (diag + args.log_every * best["reshaped"])}
-    print(f"{'config':<15} {'s/iter':>8} {'vs none':>8} {'img/s':>8} {'peak MB':>8}"
+    print(f"{'config':<15} {'s/iter':>8} {'vs none':>8} {'img/s':>8} {'peak MB':>8} {'aten ops':>9}"
           + (f" {'kernels':>8} {'GPU busy':>8}" if device.type == "cuda" else ""))
     for r in rows:
         gpu = (f" {r['cuda_kernels_per_iter']:>8d} {100 * r['gpu_busy_share']:>7.1f}%"
                if "cuda_kernels_per_iter" in r else "")
         print(f"{r['config']:<15} {r['s_per_iter']:>8.4f} {r['vs_none']:>8.3f} {r['img_per_s']:>8.1f} "
-              f"{r['peak_memory_mb']:>8.0f}{gpu}")
+              f"{r['peak_memory_mb']:>8.0f} {r['aten_ops_per_iter']:>9d}{gpu}")
     print(f"diagnostics: {diag:.3f} s per log = {diag / best['none']:.2f} `none` iterations (sigmas and "
           f"intervals {sigma_s:.3f} s = {sigma_s / best['none']:.2f}; the first, cold round's {sigma_first_s:.3f} s) = "
           f"{100 * result['diagnostics_share_at_log_every']:.1f}% of a run logged every {args.log_every} iterations")

@@ -44,6 +44,55 @@ def _full_precision(weight: Tensor):
     return torch.autocast(weight.device.type, enabled=False)
 
 
+# The helpers below compute exactly what the textbook expressions compute, bit for bit, in fewer
+# aten ops (each op is a kernel launch on a GPU, where these tiny ops dominate the cost of SN).
+
+def _unit(x: Tensor, eps: float) -> Tensor:
+    """x / max(||x||, eps): F.normalize over all of x, without its expanded copy of the norm."""
+    return x / torch.linalg.vector_norm(x).clamp_min_(eps)
+
+
+def _unit_(x: Tensor, eps: float) -> Tensor:
+    """_unit(x, eps), written into x."""
+    return x.div_(torch.linalg.vector_norm(x).clamp_min_(eps))
+
+
+def _needs_own_vectors(weight: Tensor) -> bool:
+    """Whether sigma must use clones of the power-iteration vectors rather than the buffers.
+
+    Autograd keeps the vectors for the backward. Outside `parametrize.cached()` a second
+    training-mode call (D(real), then D(fake), one backward) advances them in place before that
+    backward; inside it the parametrization runs once per block, so they stay as they were until
+    the block's backward (and a later in-place change is caught by autograd's version check)."""
+    return torch.is_grad_enabled() and weight.requires_grad and not parametrize._cache_enabled
+
+
+class _DivideBySigma(torch.autograd.Function):
+    """weight / sigma.clamp_min(eps), with the gradient autograd derives for that expression, op
+    for op, so training is bit-identical; but its backward takes 8 aten ops instead of autograd's
+    16: it reuses the quotient (the output) instead of recomputing it, negates the sum instead of
+    the whole gradient (IEEE rounding is symmetric, so the bits are the same), and masks sigma's
+    gradient with one op (which lets a NaN sigma's gradient through where autograd's mask gives 0;
+    the weight's gradient is all NaN then either way)."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, sigma: Tensor, eps: float) -> Tensor:
+        clamped = sigma.clamp_min(eps)  # an all-zero weight stays zero, not NaN
+        out = weight / clamped
+        ctx.eps = eps
+        ctx.save_for_backward(sigma, clamped, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        sigma, clamped, out = ctx.saved_tensors
+        grad_weight = grad / clamped                            # d(w / s)/dw
+        grad_clamped = (grad * (out / clamped)).sum().neg()     # d(w / s)/ds = -w / s / s
+        # clamp_min's own gradient, where(sigma > eps, ., 0), in one op
+        grad_sigma = torch.ops.aten.threshold_backward(grad_clamped, sigma, ctx.eps)
+        return grad_weight, grad_sigma, None
+
+
 class _NaiveSpectralNorm:
     """The common incorrect recipe, reproduced faithfully (a forward pre-hook).
 
@@ -76,9 +125,9 @@ class _NaiveSpectralNorm:
         with torch.no_grad(), _full_precision(layer.weight):
             w = layer.weight.data.reshape(layer.weight.shape[0], -1)  # a copy if channels_last
             u = layer.naive_u  # (1, out), never written
-            v = F.normalize(u @ w, dim=1, eps=self.eps)
-            u_next = F.normalize(v @ w.T, dim=1, eps=self.eps)
-            sigma_hat = (u_next @ w @ v.T).squeeze()
+            v = _unit(torch.mm(u, w), self.eps)
+            u_next = _unit(torch.mm(v, w.transpose(0, 1)), self.eps)
+            sigma_hat = torch.mm(torch.mm(u_next, w), v.transpose(0, 1))  # (1, 1)
             layer.weight.data.div_(sigma_hat)
 
 
@@ -102,20 +151,21 @@ class _ReshapedSpectralNorm(nn.Module):
 
     @torch.no_grad()
     def _power_iteration(self, mat: Tensor, n: int) -> None:
-        for _ in range(n):
-            self._u = F.normalize(mat @ self._v, dim=0, eps=self.eps, out=self._u)
-            self._v = F.normalize(mat.T @ self._u, dim=0, eps=self.eps, out=self._v)
+        for _ in range(n):  # u <- normalize(W v), v <- normalize(W^T u), in place
+            _unit_(torch.mv(mat, self._v, out=self._u), self.eps)
+            _unit_(torch.mv(mat.transpose(0, 1), self._u, out=self._v), self.eps)
 
     def forward(self, weight: Tensor) -> Tensor:
         with _full_precision(weight):
             mat = weight_matrix(weight, self.dim)
             if self.training:
-                self._power_iteration(mat.detach(), self.n_power_iterations)
-            # Clones let D(real) and D(fake) share one backward although u, v change in between.
-            u = self._u.clone(memory_format=torch.contiguous_format)
-            v = self._v.clone(memory_format=torch.contiguous_format)
-            sigma = torch.dot(u, mat @ v)
-            return weight / sigma.clamp_min(self.eps)  # an all-zero weight stays zero, not NaN
+                self._power_iteration(mat, self.n_power_iterations)
+            u, v = self._u, self._v
+            if _needs_own_vectors(weight):  # D(real) and D(fake) may share one backward
+                u = u.clone(memory_format=torch.contiguous_format)
+                v = v.clone(memory_format=torch.contiguous_format)
+            sigma = torch.dot(u, torch.mv(mat, v))
+            return _DivideBySigma.apply(weight, sigma, self.eps)
 
 
 class _OperatorSpectralNorm(nn.Module):
@@ -184,10 +234,12 @@ class _OperatorSpectralNorm(nn.Module):
                                "first forward, so its input size is unknown")
         with _full_precision(weight):
             if self.training:
-                self._power_iteration(weight.detach(), self.n_power_iterations)
-            x = self._x.clone(memory_format=torch.contiguous_format)
+                self._power_iteration(weight, self.n_power_iterations)  # gram_apply detaches
+            x = self._x
+            if _needs_own_vectors(weight):  # D(real) and D(fake) may share one backward
+                x = x.clone(memory_format=torch.contiguous_format)
             sigma = self.fn(x, weight).norm()
-            return weight / sigma.clamp_min(self.eps)  # an all-zero weight stays zero, not NaN
+            return _DivideBySigma.apply(weight, sigma, self.eps)
 
 
 def _normalize_layer(layer: nn.Module, variant: str, n_power_iterations: int, eps: float) -> None:
