@@ -224,9 +224,9 @@ class _OperatorSpectralNorm(nn.Module):
 
     @torch.no_grad()
     def _power_iteration(self, weight: Tensor, n: int) -> None:
-        for _ in range(n):
+        for _ in range(n):  # in place: a captured CUDA graph reads and writes the same buffer each replay
             x = gram_apply(self.fn, weight, self._x)
-            self._x = x / x.norm().clamp_min(self.eps)
+            torch.div(x, x.norm().clamp_min(self.eps), out=self._x)
 
     def forward(self, weight: Tensor) -> Tensor:
         if not self._x.numel():
