@@ -77,6 +77,21 @@ def test_snapshot_undoes_warmup_iterations(variant, trained_before):
     assert any(not torch.equal(changed[k], expected[k]) for k in expected)  # the warm-up did change things
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_iteration_updates_every_state_in_place(variant):
+    """A captured graph replays fixed addresses: every parameter, buffer (power-iteration vectors,
+    BatchNorm statistics) and optimizer state must be updated in place, never replaced by a new
+    tensor (which the graph would not see). Checked on the CPU for every variant."""
+    G, D, opt_g, opt_d, step, _ = _setup(variant)
+    step()  # creates the optimizer states
+    before = {k: (v.data_ptr(), v.clone()) for k, v in _tensors(G, D, opt_g, opt_d).items()}
+    step()
+    after = _tensors(G, D, opt_g, opt_d)
+    assert after.keys() == before.keys()
+    assert [k for k, v in after.items() if v.data_ptr() != before[k][0]] == []
+    assert any(not torch.equal(v, before[k][1]) for k, v in after.items())
+
+
 def test_ema_update_equals_torchs_averaged_model():
     """The host-free EMA against AveragedModel.update_parameters with get_ema_multi_avg_fn: every
     parameter and buffer (BatchNorm's integer counter included) bit for bit, from the first update."""
