@@ -172,6 +172,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     assert not list((run / "checkpoints").glob(".*.tmp"))
 
 
+@pytest.mark.slow  # many CLI processes: run by `pytest -m slow` (and CI)
 def test_resume_true_remembers_the_run_config(tmp_path):
     """`resume=true hydra.run.dir=RUN` alone continues a naive run: the overrides it was started
     with come from its checkpoint; only resumable keys may be given again, with new values."""

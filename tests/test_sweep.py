@@ -59,6 +59,7 @@ def test_a_killed_sweep_relaunched_finishes_every_run_once(tmp_path):
     assert steps == list(range(5, 151, 5))  # every logged step once: nothing trained twice
 
 
+@pytest.mark.slow  # many CLI processes: run by `pytest -m slow` (and CI)
 def test_failed_and_diverged_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}", *TINY, *QUIET, "variant=none",
