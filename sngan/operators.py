@@ -77,6 +77,10 @@ def gram_apply(fn: LinearMap, weight: Tensor, x: Tensor) -> Tensor:
     return g
 
 
+# Lanczos steps between two convergence tests on an accelerator (each test reads back to the host).
+CHECK_EVERY_ON_GPU = 8
+
+
 def top_singular_value(fn: LinearMap, weight: Tensor, shape: Sequence[int], *,
                        max_iter: int = 1000, tol: float = 1e-6, seed: int = 0) -> float:
     """Largest singular value of x -> fn(x, weight) on inputs of `shape` (see top_singular_pair)."""
@@ -85,7 +89,8 @@ def top_singular_value(fn: LinearMap, weight: Tensor, shape: Sequence[int], *,
 
 def top_singular_pair(fn: LinearMap, weight: Tensor, shape: Sequence[int], *, max_iter: int = 1000,
                       tol: float = 1e-6, seed: int = 0, start: Tensor | None = None,
-                      matvec_dtype: torch.dtype = torch.float64) -> tuple[float, Tensor]:
+                      matvec_dtype: torch.dtype = torch.float64,
+                      check_every: int | None = None) -> tuple[float, Tensor]:
     """(largest singular value, its right singular vector as a flat float64 tensor) of
     x -> fn(x, weight) on inputs of `shape`, by Lanczos on A^T A; `start`, a previous vector
     (a warm start: the weights moved little since), else a random one. `matvec_dtype`: the
@@ -97,8 +102,13 @@ def top_singular_pair(fn: LinearMap, weight: Tensor, shape: Sequence[int], *, ma
     stops when the residual of the top Ritz pair is below `tol` times its value (relative error in
     sigma at most tol/2), restarting from the best Ritz vector every `restart` steps to bound
     memory. The start vector comes from a private generator: no global RNG state is consumed.
+    The convergence test reads the small tridiagonal matrix back to the host: every `check_every`
+    steps (default: every step on the CPU, where that costs nothing; every CHECK_EVERY_ON_GPU steps
+    on an accelerator, so that its steps run without waiting for the host in between).
     """
     weight = weight.detach().to(matvec_dtype)
+    if check_every is None:
+        check_every = 1 if weight.device.type == "cpu" else CHECK_EVERY_ON_GPU
     n = 1
     for s in shape:
         n *= int(s)
@@ -126,18 +136,22 @@ def top_singular_pair(fn: LinearMap, weight: Tensor, shape: Sequence[int], *, ma
             for _ in range(2):
                 w = w - basis[: k + 1].T @ (basis[: k + 1] @ w)
             beta = w.norm()
-            tri = torch.diag(torch.stack(alphas))
-            if k:
-                off = torch.stack(betas)
-                tri = tri + torch.diag(off, 1) + torch.diag(off, -1)
-            evals, evecs = torch.linalg.eigh(tri)
-            theta = float(evals[-1])
-            residual = float(beta * evecs[-1, -1].abs())
-            if residual <= tol * abs(theta) or float(beta) <= 1e-12 * max(abs(theta), 1e-300):
-                return max(theta, 0.0) ** 0.5, basis[: k + 1].T @ evecs[:, -1]
-            if used >= max_iter or k == restart - 1:
-                break
             betas.append(beta)
+            last = used >= max_iter or k == restart - 1
+            if (k + 1) % check_every == 0 or last:
+                a, b = torch.stack(alphas).cpu(), torch.stack(betas).cpu()  # one host read per test
+                # An invariant subspace (beta ~ 0) ends the recurrence where it appeared: the
+                # steps after it (between two tests) divided by ~0 and are discarded.
+                small = (b <= 1e-12 * a.abs().max().clamp_min(1e-300)).nonzero()
+                m = int(small[0]) + 1 if len(small) else k + 1
+                evals, evecs = torch.linalg.eigh(torch.diag(a[:m]) + torch.diag(b[:m - 1], 1)
+                                                 + torch.diag(b[:m - 1], -1))
+                theta = float(evals[-1])
+                ritz = evecs[:, -1].to(basis.device)
+                if len(small) or float(b[m - 1] * evecs[-1, -1].abs()) <= tol * abs(theta):
+                    return max(theta, 0.0) ** 0.5, basis[:m].T @ ritz
+                if last:
+                    break
             q = w / beta
-        q = basis[: len(alphas)].T @ evecs[:, -1]  # restart from the best Ritz vector
+        q = basis[: len(alphas)].T @ ritz  # restart from the best Ritz vector
     return max(theta, 0.0) ** 0.5, q

@@ -258,3 +258,35 @@ def test_the_warm_started_matrix_sigma_is_the_dense_one():
     for _ in range(3):
         weight += 1e-2 * torch.randn_like(weight)
         assert matrix_sigma(weight, vectors=vectors, key="w") == pytest.approx(matrix_sigma(weight), rel=1e-8)
+
+
+@pytest.mark.parametrize("index", [0, 2, 5, 12, 17, 21])
+@pytest.mark.filterwarnings("ignore:Using padding=.same.")
+def test_lanczos_testing_convergence_every_few_steps_still_converges(index):
+    """On an accelerator the Lanczos convergence test runs every few steps (each test reads back
+    to the host); the steps in between must not spoil the result, here forced on the CPU."""
+    from sngan.operators import linear_map, top_singular_pair
+
+    torch.manual_seed(index)
+    make, size = CONFIGS[index]
+    layer = make().double()
+    exact = dense_sigma(layer, size)
+    for every in (1, 3, 8):
+        sigma, vector = top_singular_pair(linear_map(layer), layer.weight, input_shape(layer, size), tol=1e-8,
+                                          check_every=every)
+        assert sigma == pytest.approx(exact, rel=1e-7)
+        image = linear_map(layer)(vector.view(input_shape(layer, size)), layer.weight.detach())
+        assert float(image.norm() / vector.norm()) == pytest.approx(exact, rel=1e-6)
+
+
+def test_lanczos_stops_at_an_invariant_subspace_between_two_tests():
+    """A 1x1 conv with one channel is a multiple of the identity: the first step already spans an
+    invariant subspace (beta = 0). With tests every 8 steps the steps after it divide by ~0; the
+    result must still be the exact norm, not NaN."""
+    from sngan.operators import linear_map, top_singular_pair
+
+    layer = nn.Conv2d(1, 1, 1, bias=False).double()
+    with torch.no_grad():
+        layer.weight.fill_(-0.7)
+    sigma, vector = top_singular_pair(linear_map(layer), layer.weight, (1, 1, 4, 4), check_every=8)
+    assert sigma == pytest.approx(0.7, rel=1e-12) and torch.isfinite(vector).all()
