@@ -32,6 +32,14 @@ from sngan.step import Iteration
 WARMUP_ITERATIONS = 3
 
 
+def capture_cuda_graph(run: Callable[[], Iteration]) -> tuple[Callable[[], None], Iteration]:
+    """(replay, the captured call's outputs): `run` captured as a CUDA graph, in its own memory pool."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = run()
+    return graph.replay, output
+
+
 class TrainingSnapshot:
     """Copies of every parameter, buffer and optimizer state of a training setup and of the RNG
     states, restored IN PLACE (a captured graph holds the tensors' addresses).
@@ -75,19 +83,22 @@ class GraphedIteration:
     batches of one iteration; it returns the Iteration of static outputs, valid until the next call."""
 
     def __init__(self, iteration: Callable[[Callable[[], Tensor]], Iteration], modules: Sequence[nn.Module],
-                 optimizers: Sequence[torch.optim.Optimizer], warmup: int = WARMUP_ITERATIONS):
+                 optimizers: Sequence[torch.optim.Optimizer], warmup: int = WARMUP_ITERATIONS,
+                 capture: Callable | None = None):
+        """`capture`: capture_cuda_graph (the default); tests pass a stand-in to run the rest on a CPU."""
         self.iteration, self.modules, self.optimizers, self.warmup = iteration, modules, optimizers, warmup
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.capture = capture or capture_cuda_graph
+        self.replay: Callable[[], None] | None = None
         self.inputs: list[Tensor] = []
         self.output: Iteration | None = None
 
     def __call__(self, batches: Sequence[Tensor]) -> Iteration:
         layout = [(b.shape, b.dtype, b.stride(), b.device) for b in batches]
-        if self.graph is None or layout != [(b.shape, b.dtype, b.stride(), b.device) for b in self.inputs]:
+        if self.replay is None or layout != [(b.shape, b.dtype, b.stride(), b.device) for b in self.inputs]:
             self._capture(batches)
         for static, batch in zip(self.inputs, batches):
             static.copy_(batch, non_blocking=True)
-        self.graph.replay()
+        self.replay()
         return self.output
 
     def _feed(self) -> Callable[[], Tensor]:
@@ -99,14 +110,15 @@ class GraphedIteration:
         self.inputs = [torch.empty_like(b).copy_(b) for b in batches]
         feed = self._feed()
         saved = TrainingSnapshot(self.modules, self.optimizers)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        side = torch.cuda.Stream() if self.inputs[0].is_cuda else None  # None: a test's stand-in on the CPU
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # a no-op for None
             for _ in range(self.warmup):
                 self.iteration(feed)
-        torch.cuda.current_stream().wait_stream(side)
+        if side is not None:
+            torch.cuda.current_stream().wait_stream(side)
+        # A capture only records kernels (a test's stand-in runs them): restoring after it undoes the
+        # warm-up, and sets the RNG states back for the first replay.
+        self.replay, self.output = self.capture(lambda: self.iteration(feed))
         saved.restore()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = self.iteration(feed)
-        saved.restore()  # capture runs no kernel; the RNG states are set back for the first replay
