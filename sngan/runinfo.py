@@ -55,6 +55,9 @@ def _millions(module: torch.nn.Module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M"
 
 
+SWITCHES = ("amp", "compile", "channels_last", "cuda_graph", "deterministic")  # shown when on
+
+
 def header(cfg: DictConfig, run_dir: Path, G, D, device: torch.device, start: int) -> list[str]:
     t, o, res = cfg.train, cfg.optim, cfg.dataset.resolution
     where = f"resumed at step {start}" if start else "new run"
@@ -66,7 +69,8 @@ def header(cfg: DictConfig, run_dir: Path, G, D, device: torch.device, start: in
              f"G {_millions(G)}, D {_millions(D)} parameters | loss {cfg.loss.name} | seed {cfg.seed}",
              f"  {t.steps} steps, batch {t.batch_size}{g_batch}, n_dis {t.n_dis}, lr {o.lr:g}, "
              f"betas ({o.beta1:g}, {o.beta2:g})"
-             f" | {device}, {_count(torch.get_num_threads(), 'thread')} (of {os.cpu_count()} cores)",
+             f" | {device}, {_count(torch.get_num_threads(), 'thread')} (of {os.cpu_count()} cores)"
+             + "".join(f", train.{name}" for name in SWITCHES if t.get(name)),
              f"  in the run folder: TensorBoard logs every {cfg.log.every} steps, checkpoints/ every "
              f"{cfg.ckpt.every}, samples/ every {cfg.log.sample_every}, train.log"]
     lines += [f"  {name + ':':13s}{command}" for name, command in commands(run_dir).items()]

@@ -28,7 +28,9 @@ from sngan import checkpoint, distributed, runinfo
 from sngan.batches import BatchStream
 from sngan.config import check_config, check_saved_config, resolve_device
 from sngan.data import build_dataset
+from sngan.ema import build_ema, update_ema
 from sngan.errors import RunDiverged, UserError, describe_os_error, is_write_error, write_error_fix
+from sngan.graphed import GraphedIteration
 from sngan.health import Health
 from sngan.metrics import check_feature_extractor, fidelity_metrics, real_stats_cache_name
 from sngan.models import build_discriminator, build_generator
@@ -38,8 +40,6 @@ from sngan.paths import writable_folder
 from sngan.runlock import run_lock
 from sngan.spectral import apply_spectral_norm
 from sngan.status import write_status
-from sngan.ema import build_ema, update_ema
-from sngan.graphed import GraphedIteration
 from sngan.step import apply_speed_switches, gan_iteration
 
 log = logging.getLogger(__name__)
