@@ -64,7 +64,9 @@ def _needs_own_vectors(weight: Tensor) -> bool:
     training-mode call (D(real), then D(fake), one backward) advances them in place before that
     backward; inside it the parametrization runs once per block, so they stay as they were until
     the block's backward (and a later in-place change is caught by autograd's version check)."""
-    return torch.is_grad_enabled() and weight.requires_grad and not parametrize._cache_enabled
+    # torch keeps no public flag for cached(); without its private one, clone (always safe).
+    cached = getattr(parametrize, "_cache_enabled", 0)
+    return torch.is_grad_enabled() and weight.requires_grad and not cached
 
 
 class _DivideBySigma(torch.autograd.Function):
