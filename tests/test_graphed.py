@@ -1,6 +1,7 @@
 """train.cuda_graph and train.deterministic: what a CPU can check (the snapshot undone around the
-capture, the host-free EMA, learning rates across devices, the switches), and the CUDA checks,
-skipped without a GPU."""
+capture, state updated in place, the trainer's graphed branch with a stand-in for the capture, the
+host-free EMA, learning rates across devices, the switches), and the CUDA checks, skipped without
+a GPU (scripts/gpu_checks.sh runs them)."""
 
 from __future__ import annotations
 
