@@ -238,8 +238,9 @@ def test_graphed_equals_eager_on_gpu(tmp_path, variant):
 
 
 @cuda
-def test_graphed_run_resumes_bit_exactly_on_gpu(tmp_path):
-    extra = ["train.cuda_graph=true", "train.n_dis=2", "train.ema_decay=0.9"]
+@pytest.mark.parametrize("graphed", [False, True])
+def test_deterministic_gpu_run_resumes_bit_exactly(tmp_path, graphed):
+    extra = [f"train.cuda_graph={str(graphed).lower()}", "train.n_dis=2", "train.ema_decay=0.9"]
     try:
         whole = _gpu_run(tmp_path, "whole", extra)
         _gpu_run(tmp_path, "part", extra + ["train.steps=10"])
