@@ -38,7 +38,7 @@ from sngan.models import MODELS, build_discriminator, build_generator
 from sngan.monitor import GRAD_NORM_SAMPLES, input_grad_norm, layer_input_sizes, sigma_scalars
 from sngan.spectral import VARIANTS, apply_spectral_norm, normalized_layers
 from sngan.step import apply_speed_switches, gan_iteration
-from sngan.train import set_determinism
+from sngan.train import adam_options, set_determinism
 
 TEXTBOOK = "textbook"
 GRAPHED = "+graph"  # a variant's row with the iteration replayed as a CUDA graph
@@ -53,8 +53,7 @@ def build(args, variant: str, device: torch.device):
             torch.nn.utils.spectral_norm(layer)
     else:
         apply_spectral_norm(D, variant)
-    # The trainer's Adam: on CUDA fused and capturable (sngan.train.build_optimizers); the textbook's plain.
-    fused = {"fused": True, "capturable": True} if device.type == "cuda" and variant != TEXTBOOK else {}
+    fused = adam_options(device) if variant != TEXTBOOK else {}  # the trainer's Adam; the textbook's plain
     betas = (0.5, 0.999)
     return (G, D, torch.optim.Adam(G.parameters(), 2e-4, betas=betas, **fused),
             torch.optim.Adam(D.parameters(), 2e-4, betas=betas, **fused))

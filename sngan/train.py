@@ -107,15 +107,19 @@ def build_optimizers(cfg: DictConfig, G, D, device: torch.device):
     (train.cuda_graph) replays it, and the eager path runs the same arithmetic."""
     o = cfg.optim
     betas = (float(o.beta1), float(o.beta2))  # YAML `0` is an int, which Adam rejects
-    fused = {"fused": True, "capturable": True} if device.type == "cuda" else {}
-    opt_g = torch.optim.Adam(G.parameters(), lr=float(o.lr), betas=betas, **fused)
-    opt_d = torch.optim.Adam(D.parameters(), lr=float(o.lr), betas=betas, **fused)
+    opt_g = torch.optim.Adam(G.parameters(), lr=float(o.lr), betas=betas, **adam_options(device))
+    opt_d = torch.optim.Adam(D.parameters(), lr=float(o.lr), betas=betas, **adam_options(device))
     steps = cfg.train.steps
     decay = (lambda step: max(0.0, 1.0 - step / steps)) if o.lr_decay == "linear" else (lambda step: 1.0)
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, decay)
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, decay)
     place_learning_rates((opt_g, opt_d, sched_g, sched_d), device)
     return opt_g, opt_d, sched_g, sched_d
+
+
+def adam_options(device: torch.device) -> dict:
+    """The trainer's Adam implementation for `device` (shared with the benchmark)."""
+    return {"fused": True, "capturable": True} if device.type == "cuda" else {}
 
 
 def place_learning_rates(optimizers: tuple, device: torch.device) -> None:
