@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The confirmatory study of docs/results/seeds/preregistration.md: the embedded default
+# (experiment=embedded, 1500 steps) with seeds 16-47 of naive and reshaped, fixed in advance,
+# trained by the exploratory study's code (commit cbc701d, checked out in a git worktree beside
+# this one; the report is made by this checkout's code). Parallel local jobs through Hydra's joblib
+# launcher (one thread each); every job's folder is named by its overrides, so relaunching this
+# script after a kill resumes unfinished runs (resume=auto) and skips finished ones. Then the report.
+#   bash scripts/confirmatory_study.sh [SWEEP_DIR] [extra Hydra overrides, e.g. hydra.launcher.n_jobs=8]
+set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; fi
+SWEEP=$(realpath -m "${1:-outputs/confirmatory}")
+shift || true
+STUDY_COMMIT=cbc701d66065b92ff381880d982d6cadda51eed2
+CODE=$(realpath -m "${STUDY_CODE:-../sngan-study-$STUDY_COMMIT}")
+[[ -d "$CODE" ]] || git worktree add --detach "$CODE" "$STUDY_COMMIT"
+if [[ "$(git -C "$CODE" rev-parse HEAD)" != "$STUDY_COMMIT" ]] || [[ -n "$(git -C "$CODE" status --porcelain)" ]]; then
+    echo "error: $CODE is not a clean checkout of $STUDY_COMMIT; remove it (git worktree remove --force $CODE) and run again" >&2
+    exit 2
+fi
+# python -m puts the working directory first on sys.path: the study's code trains, in every worker.
+(cd "$CODE" && python -m sngan.train -m hydra/launcher=joblib "hydra.sweep.dir=$SWEEP" resume=auto \
+    log.progress=false "$@" 'seed=range(16,48)' variant=naive,reshaped)
+python scripts/compare_variants.py --collect "$SWEEP" --add-csv docs/results/seeds --out docs/results/seeds
