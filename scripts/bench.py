@@ -4,7 +4,7 @@
     python scripts/bench.py --g-ch 128 --d-ch 32 --resolution 16 --n-dis 5 --json bench.json
 
 In one process, interleaved so that machine noise hits every configuration alike: the time per
-iteration (n_dis D updates + 1 G update, sngan.step.gan_iteration, on a fixed in-memory batch) of
+iteration (n_dis D updates + 1 G update, sngan.training.step.gan_iteration, on a fixed in-memory batch) of
 every variant, relative to `none`; the aten ops one warm iteration dispatches (CPU profiler,
 nested ops included); the cost of one round of the trainer's diagnostics (per-layer
 sigmas, gradient norms) spread over the default logging interval; images per second; and a
@@ -25,20 +25,22 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-from sngan.cli import ArgumentParser, run_main
+from sngan.run.cli import ArgumentParser, run_main
 from sngan.config import KEYS, check_values, integer, resolve_device
-from sngan.errors import UserError
-from sngan.graphed import GraphedIteration
+from sngan.run.errors import UserError
+from sngan.training.graphed import GraphedIteration
 from sngan.models import MODELS, build_discriminator, build_generator
-from sngan.monitor import GRAD_NORM_SAMPLES, input_grad_norm, layer_input_sizes, sigma_scalars
+from sngan.diagnostics.monitor import layer_input_sizes
+from sngan.diagnostics.profiling import (aten_ops_per_iteration, diagnostics_seconds, gpu_profile,
+                                         interleaved_seconds, peak_memory_mb)
 from sngan.spectral import VARIANTS, apply_spectral_norm, normalized_layers
-from sngan.step import apply_speed_switches, gan_iteration
-from sngan.train import adam_options, set_determinism
+from sngan.training.step import apply_speed_switches, gan_iteration
+from sngan.training.determinism import set_determinism
+from sngan.training.optim import adam_options
 
 TEXTBOOK = "textbook"
 GRAPHED = "+graph"  # a variant's row with the iteration replayed as a CUDA graph
@@ -92,78 +94,7 @@ def make_runner(args, name: str, device: torch.device):
     return (lambda: iteration(lambda: real)), (G, D)
 
 
-def gpu_profile(run) -> tuple[int, float]:
-    """(CUDA kernels, seconds the GPU is busy with them) in one warmed-up call of `run`, from a
-    torch.profiler trace (kernels inside a replayed graph included, as CUPTI reports them)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    run()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        run()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return len(kernels), sum(e.self_device_time_total for e in kernels) / 1e6
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def seconds_per_iteration(run, steps: int, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        run()
-    sync(device)
-    return (time.perf_counter() - start) / steps
-
-
-def aten_ops_per_iteration(run) -> int:
-    """Every `aten::` event, nested ones included, in a CPU-activity profile of one call of `run`:
-    how many ops an iteration dispatches (on a GPU, about how many kernels it launches)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        run()
-    return sum(event.name.startswith("aten::") for event in prof.events())
-
-
-def diagnostics_seconds(args, device: torch.device) -> tuple[float, float, float]:
-    """(one round of the trainer's per-log diagnostics, its sigma part alone: per-layer sigmas and
-    certified intervals, each the best of `repeats`; the first round's sigma part) on a `reshaped`
-    D. As in the trainer, every round after the first starts its iterative solvers from the previous
-    round's vectors, with `steps` training iterations in between (the trainer has log.every), and
-    the input-gradient norms take GRAD_NORM_SAMPLES real and as many fake images."""
-    run, (G, D) = make_runner(args, "reshaped", device)
-    run()
-    sizes = layer_input_sizes(D, (3, args.resolution, args.resolution), device)
-    n = GRAD_NORM_SAMPLES
-    real = torch.rand(n, 3, args.resolution, args.resolution, device=device) * 2 - 1
-    with torch.no_grad():
-        fake = G(torch.randn(n, G.z_dim, device=device))
-    vectors: dict = {}
-    sync(device)
-    start = time.perf_counter()
-    sigma_scalars(D, sizes, vectors=vectors)
-    sync(device)
-    first = time.perf_counter() - start
-    rounds, sigmas = [], []
-    for _ in range(args.repeats):  # best of, like the iteration times
-        for _ in range(args.steps):
-            run()
-        sync(device)
-        start = time.perf_counter()
-        sigma_scalars(D, sizes, vectors=vectors)
-        sync(device)
-        sigmas.append(time.perf_counter() - start)
-        input_grad_norm(D, real)
-        input_grad_norm(D, fake)
-        sync(device)
-        rounds.append(time.perf_counter() - start)
-    return min(rounds), min(sigmas), first
-
-
-def peak_memory_mb(args, variant: str) -> float:
+def child_peak_memory_mb(variant: str) -> float:
     """Peak memory of a fresh process that runs `variant` for a few iterations."""
     cmd = [sys.executable, __file__, "--memory-of", variant, *sys.argv[1:]]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -171,19 +102,10 @@ def peak_memory_mb(args, variant: str) -> float:
 
 
 def memory_child(args, variant: str, device: torch.device) -> None:
-    run, _ = make_runner(args, variant, device)
-    for _ in range(3):
-        run()
-    sync(device)
-    if device.type == "cuda":
-        print(torch.cuda.max_memory_allocated() / 2**20)
-        return
-    with open("/proc/self/status") as f:
-        hwm = next(line for line in f if line.startswith("VmHWM"))
-    print(int(hwm.split()[1]) / 1024)
+    print(peak_memory_mb(make_runner(args, variant, device)[0], 3, device))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     key = lambda name: KEYS[name].arg_type(name)
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="cnn", choices=MODELS)
@@ -210,6 +132,55 @@ def main() -> None:
                   "model.d_ch": args.d_ch, "train.batch_size": args.batch},
                  shown={"model.name": "--model", "dataset.resolution": "--resolution", "model.g_ch": "--g-ch",
                         "model.d_ch": "--d-ch", "train.batch_size": "--batch"})
+    return args
+
+
+def measure(args, device: torch.device) -> dict:
+    """Every configuration's row, interleaved timing first; the diagnostics' cost beside them."""
+    names = list(VARIANTS) + [TEXTBOOK] + ([v + GRAPHED for v in VARIANTS] if args.cuda_graph else [])
+    runners = {name: make_runner(args, name, device)[0] for name in names}
+    times = interleaved_seconds(runners, args.steps, args.repeats, device)
+    best = {name: min(t) for name, t in times.items()}
+    ops = {name: aten_ops_per_iteration(runners[name]) for name in names}  # warm runners, after timing
+    run, (G, D) = make_runner(args, "reshaped", device)
+    diag, sigma_s, sigma_first_s = diagnostics_seconds(run, G, D, args.resolution, device,
+                                                       steps=args.steps, repeats=args.repeats)
+    images = args.batch * args.n_dis
+    rows = []
+    for name in names:
+        row = {"config": name, "s_per_iter": best[name], "median_s_per_iter": statistics.median(times[name]),
+               "vs_none": best[name] / best["none"], "img_per_s": images / best[name],
+               "aten_ops_per_iter": ops[name], "peak_memory_mb": child_peak_memory_mb(name)}
+        if device.type == "cuda":
+            kernels, busy = gpu_profile(runners[name])
+            row |= {"cuda_kernels_per_iter": kernels, "gpu_busy_s_per_iter": busy, "gpu_busy_share": busy / best[name]}
+        if name.endswith(GRAPHED):
+            row["vs_none_graphed"] = best[name] / best["none" + GRAPHED]
+        rows.append(row)
+    return {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "memory_of")},
+            "rows": rows, "diagnostics_s": diag, "sigma_s": sigma_s, "sigma_first_round_s": sigma_first_s,
+            "diagnostics_vs_none": diag / best["none"], "sigma_vs_none": sigma_s / best["none"],
+            "diagnostics_share_at_log_every": diag / (diag + args.log_every * best["reshaped"])}
+
+
+def print_result(result: dict, log_every: int, device: torch.device) -> None:
+    print(f"{'config':<15} {'s/iter':>8} {'vs none':>8} {'img/s':>8} {'peak MB':>8} {'aten ops':>9}"
+          + (f" {'kernels':>8} {'GPU busy':>8}" if device.type == "cuda" else ""))
+    for row in result["rows"]:
+        gpu = (f" {row['cuda_kernels_per_iter']:>8d} {100 * row['gpu_busy_share']:>7.1f}%"
+               if "cuda_kernels_per_iter" in row else "")
+        print(f"{row['config']:<15} {row['s_per_iter']:>8.4f} {row['vs_none']:>8.3f} {row['img_per_s']:>8.1f} "
+              f"{row['peak_memory_mb']:>8.0f} {row['aten_ops_per_iter']:>9d}{gpu}")
+    r = result
+    print(f"diagnostics: {r['diagnostics_s']:.3f} s per log = {r['diagnostics_vs_none']:.2f} `none` iterations "
+          f"(sigmas and intervals {r['sigma_s']:.3f} s = {r['sigma_vs_none']:.2f}; the first, cold round's "
+          f"{r['sigma_first_round_s']:.3f} s) = {100 * r['diagnostics_share_at_log_every']:.1f}% of a run logged "
+          f"every {log_every} iterations")
+
+
+def main() -> None:
+    args = parse_args()
     device = resolve_device(args.device, "--device")
     if args.cuda_graph and device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device (--device is {device.type}); drop --cuda-graph")
@@ -218,47 +189,8 @@ def main() -> None:
     set_determinism(args.deterministic)
     if args.memory_of:
         return memory_child(args, args.memory_of, device)
-
-    names = list(VARIANTS) + [TEXTBOOK] + ([v + GRAPHED for v in VARIANTS] if args.cuda_graph else [])
-    runners = {name: make_runner(args, name, device)[0] for name in names}
-    for run in runners.values():  # warm-up: allocator, first-forward initialisations
-        run()
-    times = {name: [] for name in names}
-    for _ in range(args.repeats):
-        for name in names:
-            times[name].append(seconds_per_iteration(runners[name], args.steps, device))
-    best = {name: min(t) for name, t in times.items()}
-    ops = {name: aten_ops_per_iteration(runners[name]) for name in names}  # warm runners, after timing
-    diag, sigma_s, sigma_first_s = diagnostics_seconds(args, device)
-    images = args.batch * args.n_dis
-    rows = []
-    for name in names:
-        rows.append({"config": name, "s_per_iter": best[name],
-                     "median_s_per_iter": statistics.median(times[name]),
-                     "vs_none": best[name] / best["none"], "img_per_s": images / best[name],
-                     "aten_ops_per_iter": ops[name],
-                     "peak_memory_mb": peak_memory_mb(args, name)})
-        if device.type == "cuda":
-            kernels, busy = gpu_profile(runners[name])
-            rows[-1] |= {"cuda_kernels_per_iter": kernels, "gpu_busy_s_per_iter": busy,
-                         "gpu_busy_share": busy / best[name]}
-        if name.endswith(GRAPHED):
-            rows[-1]["vs_none_graphed"] = best[name] / best["none" + GRAPHED]
-    result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "settings": {k: v for k, v in vars(args).items() if k not in ("json", "memory_of")},
-              "rows": rows, "diagnostics_s": diag, "sigma_s": sigma_s, "sigma_first_round_s": sigma_first_s,
-              "diagnostics_vs_none": diag / best["none"], "sigma_vs_none": sigma_s / best["none"],
-              "diagnostics_share_at_log_every": diag / (diag + args.log_every * best["reshaped"])}
-    print(f"{'config':<15} {'s/iter':>8} {'vs none':>8} {'img/s':>8} {'peak MB':>8} {'aten ops':>9}"
-          + (f" {'kernels':>8} {'GPU busy':>8}" if device.type == "cuda" else ""))
-    for r in rows:
-        gpu = (f" {r['cuda_kernels_per_iter']:>8d} {100 * r['gpu_busy_share']:>7.1f}%"
-               if "cuda_kernels_per_iter" in r else "")
-        print(f"{r['config']:<15} {r['s_per_iter']:>8.4f} {r['vs_none']:>8.3f} {r['img_per_s']:>8.1f} "
-              f"{r['peak_memory_mb']:>8.0f} {r['aten_ops_per_iter']:>9d}{gpu}")
-    print(f"diagnostics: {diag:.3f} s per log = {diag / best['none']:.2f} `none` iterations (sigmas and "
-          f"intervals {sigma_s:.3f} s = {sigma_s / best['none']:.2f}; the first, cold round's {sigma_first_s:.3f} s) = "
-          f"{100 * result['diagnostics_share_at_log_every']:.1f}% of a run logged every {args.log_every} iterations")
+    result = measure(args, device)
+    print_result(result, args.log_every, device)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

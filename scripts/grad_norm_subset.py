@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from sngan import checkpoint
+from sngan.run import checkpoint
 from sngan.data import build_dataset
-from sngan.monitor import input_grad_norm
-from sngan.train import restore_models
+from sngan.diagnostics.monitor import input_grad_norm
+from sngan.models import restore_models
 
 
 def main() -> None:

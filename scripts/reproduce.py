@@ -34,11 +34,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sngan.cli import ArgumentParser, run_main
+from sngan.run.cli import ArgumentParser, run_main
 from sngan.config import KEYS
 from sngan.evaluate import CACHE_ROOT, evaluate
-from sngan.metrics import DEFAULT_FEATURE_EXTRACTOR
-from sngan.published import PUBLISHED
+from sngan.diagnostics.metrics import DEFAULT_FEATURE_EXTRACTOR
+from sngan.diagnostics.published import PUBLISHED
 
 
 def published_text() -> str:

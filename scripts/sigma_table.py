@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from sngan.cli import ArgumentParser, run_main
+from sngan.run.cli import ArgumentParser, run_main
 from sngan.config import KEYS, check_values, integer
 from sngan.models import MODELS, build_discriminator
-from sngan.monitor import layer_input_sizes, sigma_scalars
+from sngan.diagnostics.monitor import layer_input_sizes, sigma_scalars
 from sngan.spectral import VARIANTS, apply_spectral_norm
 
 
@@ -36,8 +36,8 @@ def sigma_rows(model: str, resolution: int, d_ch: int, variant: str, *, warmup: 
 
 def checkpoint_rows(ckpt: str):
     """The same rows for the discriminator saved in a checkpoint (or run folder)."""
-    from sngan import checkpoint
-    from sngan.train import restore_models
+    from sngan.run import checkpoint
+    from sngan.models import restore_models
 
     path = checkpoint.locate(ckpt)
     cfg, _, D, _ = restore_models(checkpoint.load(path), torch.device("cpu"), source=path)

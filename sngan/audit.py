@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sngan import checkpoint
-from sngan.cli import ArgumentParser
-from sngan.errors import UserError
-from sngan.operators import SUPPORTED
+from sngan.run import checkpoint
+from sngan.run.cli import ArgumentParser
+from sngan.run.errors import UserError
+from sngan.linalg.operators import SUPPORTED
 from sngan.sigma import effective_weight, matrix_sigma, operator_sigma_bounds
 from sngan.spectral import reshape_dim
 
@@ -73,7 +73,7 @@ def load_model(target: str, state_dict: str | None) -> tuple[nn.Module, tuple[in
         raise UserError(f"{path} is a TorchScript module, whose layers take no forward hooks: audit the "
                         "Python module it was scripted from (MODULE:NAME with --state-dict)") from None
     if isinstance(loaded, dict) and loaded.get("format") == checkpoint.FORMAT:  # this project's checkpoint
-        from sngan.train import restore_models
+        from sngan.models import restore_models
 
         cfg, _, D, _ = restore_models(checkpoint.check_state(loaded, path), torch.device("cpu"), source=path)
         return D, (3, cfg.dataset.resolution, cfg.dataset.resolution)

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sngan.errors import UserError
+from sngan.run.errors import UserError
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, the narrowest of the RNGs a seed feeds
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -56,6 +56,10 @@ class Spec:
     from_text: Callable[[str], Any]    # a command-line string as the value it means
     required: bool = True              # present in every composed training config
     hint: str = ""                     # what to do, when the requirement alone does not say
+    resumable: bool = False            # a resume may change it: it leaves the run's maths alone
+    default: Any = None                # what a saved config without the key (older than it) meant
+    has_default: bool = False          # `default` is set: `upgrade` fills the key in
+    options: tuple[str, ...] = ()      # the group options that have the key (empty: all)
 
     def check(self, key: str, value, shown: str | None = None):
         """`value`, or a UserError naming `shown` (the flag's own name) or `key`."""
@@ -112,8 +116,8 @@ def _or_null(spec: Spec, nullable: bool) -> Spec:
     """`spec`, or also null (YAML's null; `null` on a command line) when `nullable`."""
     if not nullable:
         return spec
-    return Spec(spec.requirement + " or null", lambda v: v is None or spec.accepts(v),
-                lambda t: None if t.strip().lower() in ("null", "none") else spec.from_text(t), spec.required, spec.hint)
+    return replace(spec, requirement=spec.requirement + " or null", accepts=lambda v: v is None or spec.accepts(v),
+                   from_text=lambda t: None if t.strip().lower() in ("null", "none") else spec.from_text(t))
 
 
 def integer(low: int | None = None, high: int | None = None, *, allowed: tuple[int, ...] = (), hint: str = "",
@@ -160,6 +164,17 @@ def seed() -> Spec:
     return integer(0, SEED_MAX, hint="numpy's seed range")
 
 
+def resumable(spec: Spec) -> Spec:
+    """`spec` for a key a resume may change (cadences, speed switches, paths, the device)."""
+    return replace(spec, resumable=True)
+
+
+def since(default, spec: Spec, options: tuple[str, ...] = ()) -> Spec:
+    """`spec` for a key added after checkpoints were written (or one that only `options` of its group
+    have): a config without it means `default`."""
+    return replace(spec, default=default, has_default=True, options=options)
+
+
 # --- the settings ----------------------------------------------------------------------------------
 
 def _known(names_of: str) -> tuple[str, ...]:
@@ -170,7 +185,7 @@ def _known(names_of: str) -> tuple[str, ...]:
     if names_of == "dataset":
         from sngan.data import DATASETS
         return tuple(DATASETS)
-    from sngan.models import INITS, LAYOUTS, MODELS, RESOLUTIONS, UPSAMPLING
+    from sngan.models.nets import INITS, LAYOUTS, MODELS, RESOLUTIONS, UPSAMPLING
     return tuple({"model": MODELS, "resolution": RESOLUTIONS, "layout": LAYOUTS, "init": INITS,
                   "upsample": UPSAMPLING}[names_of])
 
@@ -181,20 +196,21 @@ def _keys() -> dict[str, Spec]:
     path = lambda **kw: text(what="a path", **kw)
     return {
         "seed": seed(),
-        "device": Spec("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), str.strip),
-        "resume": Spec("false, true, auto, or a run folder or checkpoint to fork",
-                       lambda v: v is None or isinstance(v, bool) or (isinstance(v, str) and v.strip() != ""),
-                       lambda t: _bool_text(t) if t.strip().lower() in ("true", "false") else t),
+        "device": resumable(Spec("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and bool(_DEVICE.match(v)),
+                                 str.strip)),
+        "resume": resumable(Spec("false, true, auto, or a run folder or checkpoint to fork",
+                                 lambda v: v is None or isinstance(v, bool) or (isinstance(v, str) and v.strip() != ""),
+                                 lambda t: _bool_text(t) if t.strip().lower() in ("true", "false") else t)),
 
         "variant.name": choice(*_known("variant")),
         "variant.n_power_iterations": integer(1, required=False),
 
         "dataset.name": choice(*_known("dataset")),
-        "dataset.root": path(nullable=True),
+        "dataset.root": resumable(path(nullable=True)),
         "dataset.resolution": integer(allowed=_known("resolution"),
                                       hint="the models are built for 4*2**k pixels, and for 48 (STL-10)"),
-        "dataset.num_workers": integer(0),
-        "dataset.download": boolean(required=False),
+        "dataset.num_workers": resumable(integer(0)),
+        "dataset.download": resumable(boolean(required=False)),
         "dataset.size": integer(1, required=False),
         "dataset.seed": integer(0, SEED_MAX, required=False, hint="numpy's seed range"),
         "dataset.crop": integer(1, required=False, hint="the side of the centre square cut from CelebA's 178x218 images"),
@@ -204,50 +220,103 @@ def _keys() -> dict[str, Spec]:
         "model.g_ch": integer(1),
         "model.d_ch": integer(1),
         # Not required although both model options have them: a resume whose command chose the other
-        # model keeps the saved group, and a checkpoint from before these keys has none (= paper_table, null).
-        "model.layout": choice(*_known("layout"), required=False),
-        "model.init": choice(*_known("init"), required=False, nullable=True, hint="null takes the layout's"),
-        "model.leaky_slope": number(0, 1, high_open=True, required=False, nullable=True,
-                                    hint="null takes the layout's (paper_table 0.1, authors 0.2)"),
-        "model.upsample": choice(*_known("upsample"), required=False),
+        # model keeps the saved group, and a checkpoint from before these keys has none.
+        "model.layout": since("paper_table", choice(*_known("layout"), required=False)),
+        "model.init": since(None, choice(*_known("init"), required=False, nullable=True,
+                                         hint="null takes the layout's")),
+        "model.leaky_slope": since(None, number(0, 1, high_open=True, required=False, nullable=True,
+                                                hint="null takes the layout's (paper_table 0.1, authors 0.2)"),
+                                   options=("cnn",)),
+        "model.upsample": since("nearest", choice(*_known("upsample"), required=False), options=("resnet",)),
         "loss.name": choice("hinge", "bce"),
 
-        "train.steps": integer(1),
+        "train.steps": resumable(integer(1)),  # except under optim.lr_decay=linear: see resumable_key
         "train.batch_size": integer(1),
-        "train.g_batch_size": integer(1, nullable=True, hint="null means train.batch_size"),
+        "train.g_batch_size": since(None, integer(1, nullable=True, hint="null means train.batch_size")),
         "train.n_dis": integer(1),
         "train.ema_decay": number(0, 1, high_open=True, hint="0 turns the EMA off"),
         "train.ema_start": integer(0),
         "train.instance_noise": number(0, hint="0 turns it off"),
-        "train.amp": boolean(),
-        "train.compile": boolean(),
-        "train.channels_last": boolean(),
-        "train.cudnn_benchmark": boolean(),
-        "train.cuda_graph": boolean(),
-        "train.deterministic": boolean(),
+        "train.amp": resumable(since(False, boolean())),
+        "train.compile": resumable(since(False, boolean())),
+        "train.channels_last": resumable(since(False, boolean())),
+        "train.cudnn_benchmark": resumable(boolean()),
+        "train.cuda_graph": resumable(since(False, boolean())),
+        "train.deterministic": resumable(since(False, boolean())),
 
         "optim.lr": number(0, low_open=True),
         "optim.beta1": number(0, 1, high_open=True),
         "optim.beta2": number(0, 1, high_open=True),
         "optim.lr_decay": choice("none", "linear"),
 
-        "log.every": integer(1),
-        "log.sample_every": integer(1),
-        "log.eval_every": integer(1),
-        "log.n_eval": integer(2, hint="KID needs two samples"),
-        "log.progress": boolean(),
+        "log.every": resumable(integer(1)),
+        "log.sample_every": resumable(integer(1)),
+        "log.eval_every": resumable(integer(1)),
+        "log.n_eval": resumable(integer(2, hint="KID needs two samples")),
+        "log.progress": resumable(boolean()),
 
         "metrics.during_training": boolean(),
         "metrics.feature_extractor": text(),
         "metrics.inception_weights": path(nullable=True),
         "metrics.cache_root": path(),
 
-        "ckpt.every": integer(1),
-        "ckpt.keep": integer(0),
+        "ckpt.every": resumable(integer(1)),
+        "ckpt.keep": resumable(integer(0)),
     }
 
 
 KEYS: dict[str, Spec] = _keys()
+
+
+def resumable_key(key: str, saved: Mapping[str, Any]) -> bool:
+    """A resume of the saved run (its flat config `saved`) may change `key`. A key this version no
+    longer declares counts as its group's (log.*, ckpt.*: every key of the group is resumable)."""
+    if key == "train.steps" and saved.get("optim.lr_decay") == "linear":
+        return False  # the schedule runs to train.steps: part of the maths
+    if key in KEYS:
+        return KEYS[key].resumable
+    group = [spec.resumable for name, spec in KEYS.items() if name.startswith(key.split(".")[0] + ".")]
+    return bool(group) and all(group)
+
+
+def resumable_summary() -> str:
+    """The resumable keys for a message: a group whose keys all are, by its name."""
+    shown: list[str] = []
+    for key, spec in KEYS.items():
+        group = key.split(".")[0]
+        whole = "." in key and all(s.resumable for k, s in KEYS.items() if k.startswith(group + "."))
+        name = group if whole else key
+        if spec.resumable and name not in shown:
+            shown.append(name)
+    return ", ".join(shown)
+
+
+def upgrade(tree: dict) -> list[str]:
+    """Fill a saved config (a checkpoint's, in place) with the keys added since it was written, as
+    their absence meant, where its group's option has them; return the keys it filled."""
+    added = []
+    for key, spec in KEYS.items():
+        group, _, leaf = key.rpartition(".")
+        node = tree.get(group) if group else tree
+        if (spec.has_default and isinstance(node, dict) and leaf not in node
+                and (not spec.options or node.get("name") in spec.options)):
+            node[leaf] = spec.default
+            added.append(key)
+    return added
+
+
+def setting(cfg, key: str):
+    """The value of `key` in a config (a DictConfig or a flat mapping); a key the config lacks
+    (another option's, or older than it) as KEYS says its absence means."""
+    value = cfg.get(key, _ABSENT) if not isinstance(cfg, DictConfig) else OmegaConf.select(cfg, key, default=_ABSENT)
+    if value is not _ABSENT:
+        return value
+    if not KEYS[key].has_default:
+        raise KeyError(key)
+    return KEYS[key].default
+
+
+_ABSENT = object()
 
 
 # --- rules across keys -----------------------------------------------------------------------------
@@ -257,22 +326,21 @@ def _models_fit(values: Mapping[str, Any]) -> str | None:
     images in each of its batches (D's fakes: train.batch_size; G's update: train.g_batch_size)."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    from sngan.models import build_discriminator, build_generator
+    from sngan.models.nets import build_discriminator, build_generator
 
     name, res = values.get("model.name"), values.get("dataset.resolution")
     if name is None or res is None:
         return None
-    # Absent (a checkpoint from before the key, or the other model's key): what build_models uses.
-    layout, init = values.get("model.layout") or "paper_table", values.get("model.init")
+    layout, init = setting(values, "model.layout"), setting(values, "model.init")
     try:
         with torch.device("meta"):  # shapes only: no memory, no RNG draws
             if "model.d_ch" in values:
                 build_discriminator(name, resolution=res, d_ch=values["model.d_ch"], layout=layout, init=init,
-                                    leaky_slope=values.get("model.leaky_slope"))
+                                    leaky_slope=setting(values, "model.leaky_slope"))
             if "model.g_ch" not in values:
                 return None
             G = build_generator(name, resolution=res, g_ch=values["model.g_ch"], z_dim=values.get("model.z_dim", 128),
-                                layout=layout, init=init, upsample=values.get("model.upsample") or "nearest")
+                                layout=layout, init=init, upsample=setting(values, "model.upsample"))
     except ValueError as e:  # the builders name the key and the bound
         return str(e)
     if not any(isinstance(m, _BatchNorm) for m in G.modules()):
@@ -311,7 +379,46 @@ def _cuda_graph_fits(values: Mapping[str, Any]) -> str | None:
     return None
 
 
-RULES: list[Callable[[Mapping[str, Any]], str | None]] = [_models_fit, _dataset_fits, _cuda_graph_fits]
+# Where the run's process stands, known once it starts (check_config's `device` and `world_size`).
+DEVICE_TYPE, WORLD_SIZE, BF16 = "run.device_type", "run.world_size", "run.bf16"
+
+
+def _fits_the_device(values: Mapping[str, Any]) -> str | None:
+    """The speed switches on the run's device (checked once the device is known: device=auto)."""
+    device = values.get(DEVICE_TYPE)
+    if device is None:
+        return None
+    if values.get("train.amp") and device == "cuda" and not values.get(BF16):
+        return "train.amp=true needs a GPU with bf16 support; use train.amp=false"
+    if values.get("train.cuda_graph") and device != "cuda":
+        return f"train.cuda_graph=true needs a CUDA device (this run's is {device}); use train.cuda_graph=false"
+    return None
+
+
+def _splits_over_ranks(values: Mapping[str, Any]) -> str | None:
+    """Under torchrun the batches are global: each rank takes an equal share, of at least 2 images
+    (G's batch normalization), and a CUDA graph cannot capture DDP's gradient hooks."""
+    ranks = values.get(WORLD_SIZE)
+    if ranks is None:
+        return None
+    for key in ("train.batch_size", "train.g_batch_size"):
+        batch = values.get(key)
+        if batch and batch % ranks:
+            kind = "is the global batch" if key == "train.batch_size" else "is global like train.batch_size"
+            return f"{key} ({batch}) {kind}: it must split evenly over the {ranks} ranks"
+    for key in ("train.batch_size", "train.g_batch_size"):
+        batch = values.get(key)
+        if batch is not None and batch // ranks < 2:
+            return (f"{key} must be >= {2 * ranks} on {ranks} ranks (the global batch; G's batch "
+                    f"normalization needs 2 images per rank), got {batch}")
+    if values.get("train.cuda_graph"):
+        return ("train.cuda_graph=true is not supported under torchrun yet (DDP's gradient hooks cannot be "
+                "captured); run one process, or use train.cuda_graph=false")
+    return None
+
+
+RULES: list[Callable[[Mapping[str, Any]], str | None]] = [_models_fit, _dataset_fits, _cuda_graph_fits,
+                                                          _fits_the_device, _splits_over_ranks]
 
 
 # --- the checks ------------------------------------------------------------------------------------
@@ -352,9 +459,10 @@ def config_values(cfg: DictConfig) -> dict[str, Any]:
     return flatten(tree)
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_config(cfg: DictConfig, device: torch.device | None = None, world_size: int | None = None) -> None:
     """Raise UserError (one line, naming the key) for any value of a composed training config the
-    run cannot use: an undeclared key, a missing one, a wrong type or range, a rule broken."""
+    run cannot use: an undeclared key, a missing one, a wrong type or range, a rule broken. With the
+    run's `device` and `world_size` (once known) also the rules that depend on them."""
     values = config_values(cfg)
     for key, value in values.items():
         if key not in KEYS:
@@ -365,6 +473,12 @@ def check_config(cfg: DictConfig) -> None:
     if missing:
         raise UserError(f"{', '.join(missing)} missing from the config; restore {'it' if len(missing) == 1 else 'them'} "
                         "(configs/ holds the defaults)")
+    if device is not None:
+        values[DEVICE_TYPE] = device.type
+        if values.get("train.amp") and device.type == "cuda":  # asked only then: it initializes CUDA
+            values[BF16] = torch.cuda.is_bf16_supported()
+    if world_size is not None:
+        values[WORLD_SIZE] = world_size
     check_values(values)
 
 

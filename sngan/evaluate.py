@@ -28,16 +28,16 @@ import json
 import sys
 from pathlib import Path
 
-from sngan import checkpoint
-from sngan.cli import parse_args
+from sngan.run import checkpoint
+from sngan.run.cli import parse_args
 from sngan.config import KEYS, SEED_MAX, Spec, choice, integer, resolve_device, text
 from sngan.data import build_dataset
-from sngan.errors import UserError, describe_os_error
-from sngan.metrics import (DEFAULT_FEATURE_EXTRACTOR, PROTOCOLS, check_feature_extractor, fidelity_metrics,
+from sngan.run.errors import UserError, describe_os_error
+from sngan.diagnostics.metrics import (DEFAULT_FEATURE_EXTRACTOR, PROTOCOLS, check_feature_extractor, fidelity_metrics,
                            protocol_metrics, real_stats_cache_name)
-from sngan.paths import writable_file, writable_folder
-from sngan.monitor import generate, layer_input_sizes, monitor_latents, sigma_scalars
-from sngan.train import restore_models
+from sngan.run.paths import writable_file, writable_folder
+from sngan.diagnostics.monitor import generate, layer_input_sizes, monitor_latents, sigma_scalars
+from sngan.models import restore_models
 
 CACHE_ROOT = str(Path("~/.cache/sngan/fidelity").expanduser())
 USAGE = ("usage: python -m sngan.evaluate ckpt=PATH [n=10000] [seed=S] [device=cpu] [metrics.protocol=default] "
@@ -117,16 +117,26 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int | None = None, device: str 
         checkpoint.atomic_write_text(out_path, json.dumps(result, indent=2) + "\n")
     except OSError as e:  # the disk filled up meanwhile
         raise UserError(f"out={out_path}: cannot write {describe_os_error(e)}; free space or pass another out=") from None
-    if protocol == DEFAULT_PROTOCOL:
-        same = " (the trainer's own evaluation)" if n == cfg.log.n_eval and seed == cfg.seed else ""
-        counted = f"{n} samples"
-    else:
-        p, same = result["protocol"], ""
-        counted = (f"protocol {protocol}: IS of {p['isc_samples']} samples in {p['isc_splits']} splits, FID of "
-                   f"{p['fid_generated']} samples against {p['fid_real']} real images")
-    print(f"{path} at step {state['step']}: {counted} of the {result['generator']}, z seed {seed}{same}; "
-          f"written to {out_path}", file=sys.stderr)
+    print(f"{path} at step {state['step']}: {_counted(result, protocol)} "
+          f"of the {result['generator']}, z seed {seed}{_own(result, protocol, cfg, seed)}; written to {out_path}",
+          file=sys.stderr)
     return result
+
+
+def _counted(result: dict, protocol: str) -> str:
+    """How the samples were counted, for the closing line."""
+    if protocol == DEFAULT_PROTOCOL:
+        return f"{result['n']} samples"
+    p = result["protocol"]
+    return (f"protocol {protocol}: IS of {p['isc_samples']} samples in {p['isc_splits']} splits, FID of "
+            f"{p['fid_generated']} samples against {p['fid_real']} real images")
+
+
+def _own(result: dict, protocol: str, cfg, seed: int) -> str:
+    """Whether the numbers are the trainer's own evaluation (same n and z)."""
+    if protocol == DEFAULT_PROTOCOL and result["n"] == cfg.log.n_eval and seed == cfg.seed:
+        return " (the trainer's own evaluation)"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> None:

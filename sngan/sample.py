@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from sngan import checkpoint, monitor
-from sngan.cli import parse_args
+from sngan.run import checkpoint
+from sngan.diagnostics import monitor
+from sngan.run.cli import parse_args
 from sngan.config import KEYS, integer, resolve_device, seed, text
-from sngan.errors import UserError, describe_os_error
-from sngan.paths import writable_file, writable_folder
-from sngan.train import restore_models
+from sngan.run.errors import UserError, describe_os_error
+from sngan.run.paths import writable_file, writable_folder
+from sngan.models import restore_models
 
 USAGE = "usage: python -m sngan.sample ckpt=PATH [n=64] [out=samples.png] [seed=0] [device=cpu]"
 OPTIONS = {

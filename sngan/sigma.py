@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from sngan.bounds import ROUNDING, conv_upper_bound
-from sngan.operators import input_shape, linear_map, top_singular_pair, top_singular_value
+from sngan.linalg.bounds import ROUNDING, conv_upper_bound
+from sngan.linalg.operators import input_shape, linear_map, top_singular_pair, top_singular_value
 from sngan.spectral import weight_matrix
 
 
@@ -71,8 +71,8 @@ def operator_sigma_interval(layer: nn.Module, input_size: Sequence[int] | None, 
                             tol: float = 1e-6, vectors: dict | None = None) -> tuple[float, float, float]:
     """(estimate, lower, upper) of the layer's operator norm from one Lanczos run. Estimate: as
     operator_sigma. Lower: ||A x|| / ||x|| of the Lanczos vector x, evaluated directly (never above
-    the norm). Upper: sngan.bounds (circular embedding, polyphase for strides). Linear and
-    Embedding layers: the exact matrix norm all three ways. Bounds widened by sngan.bounds.ROUNDING
+    the norm). Upper: sngan.linalg.bounds (circular embedding, polyphase for strides). Linear and
+    Embedding layers: the exact matrix norm all three ways. Bounds widened by sngan.linalg.bounds.ROUNDING
     for float64 rounding. `vectors`: a dict the caller keeps between calls (never the model), in
     which the Lanczos vector of this layer (and the bound's start vectors) are kept as the next
     call's warm start."""

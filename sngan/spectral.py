@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _builtin_spectral_norm
 
-from sngan.operators import CONVS, SUPPORTED, TRANSPOSED_CONVS, gram_apply, linear_map
+from sngan.linalg.operators import CONVS, SUPPORTED, TRANSPOSED_CONVS, gram_apply, linear_map
 
 VARIANTS = ("none", "naive", "reshaped", "builtin", "operator")
 

@@ -10,8 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY, compose_config
-from sngan.train import train
+from helpers import QUIET, dense_sigma, train_tiny
 
 THIRD_PARTY = '''
 import torch
@@ -85,7 +84,6 @@ def third_party(tmp_path):
 
 
 def _dense(layer, size):
-    from test_sigma import dense_sigma
     import copy
 
     plain = copy.deepcopy(layer)
@@ -138,8 +136,7 @@ def test_audit_of_a_whole_saved_module_and_of_an_sngan_run(third_party, tmp_path
     assert "Product of the upper bounds" in proc.stdout and "WARNING: body.0:" in proc.stdout
 
     run = tmp_path / "run"
-    train(compose_config(TINY + ["train.steps=2", "log.every=1000", "log.eval_every=1000",
-                                 "log.sample_every=1000", "variant=operator"]), run)
+    train_tiny(run, ["train.steps=2", *QUIET, "variant=operator"])
     proc = _audit([run, "--json"], tmp_path)  # the run's own input shape
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, TINY, TINY_MODEL, call, snapshot
+from helpers import TINY, TINY_MODEL, call, run_script, snapshot, train_tiny
 
 BAD_IMAGE_WEIGHTS = b"not a weights file" * 50
 
@@ -26,8 +26,8 @@ def place(tmp_path_factory):
     checkpoint, a small image folder, a plain file, a garbage weights file."""
     root = tmp_path_factory.mktemp("bad")
     run = root / "run"
-    code, printed, _ = call("train", [*TINY, "train.steps=2", "log.every=1", "log.sample_every=2", "log.eval_every=2",
-                                   "ckpt.every=1", "ckpt.keep=3", f"hydra.run.dir={run}"])
+    code, printed, _ = train_tiny(run, ["train.steps=2", "log.every=1", "log.sample_every=2", "log.eval_every=2",
+                                        "ckpt.every=1", "ckpt.keep=3"], via="main")
     assert code == 0, printed
     assert (run / "checkpoints" / "last.pt").is_file() and (run / ".hydra" / "config.yaml").is_file()
 
@@ -201,7 +201,7 @@ def test_bad_input(place, capsys, entry, args, named):
 def test_hydras_own_refusals_name_the_key_and_touch_nothing(place, capsys, args, named):
     """A mistyped key, an unknown option, bad override syntax: Hydra's few lines, no traceback."""
     before = snapshot(place["run"])
-    code, printed, _ = call("train", TINY + args + [f"hydra.run.dir={place['run']}"], capsys)
+    code, printed, _ = train_tiny(place["run"], args, via="main", capsys=capsys)
     assert code != 0 and named in printed and "Traceback" not in printed
     assert snapshot(place["run"]) == before
 
@@ -210,12 +210,11 @@ def test_a_second_trainer_is_refused_at_once_naming_the_first(place, capsys):
     """The run lock, as a second trainer sees it while this process holds the folder."""
     import os
 
-    from sngan.runlock import run_lock
+    from sngan.run.lock import run_lock
 
     before = snapshot(place["run"])
     with run_lock(place["run"]):
-        code, printed, _ = call("train", TINY + ["resume=true", "train.steps=4", f"hydra.run.dir={place['run']}"],
-                                capsys)
+        code, printed, _ = train_tiny(place["run"], ["resume=true", "train.steps=4"], via="main", capsys=capsys)
     assert code == 2 and f"is in use by another trainer (pid {os.getpid()})" in printed
     assert printed.strip().count("\n") == 0
     assert snapshot(place["run"]) == before
@@ -230,8 +229,7 @@ def test_a_second_trainer_is_refused_at_once_naming_the_first(place, capsys):
 ])
 def test_scripts_refuse_in_one_line_at_once(place, script, args, named):
     args = [a.format(root=place["root"]) for a in args]
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
-                          timeout=60)  # a hang (bench.py with a zero batch once did) fails here
+    proc = run_script(script, args, timeout=60)  # a hang (bench.py with a zero batch once did) fails here
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and named in proc.stderr
 

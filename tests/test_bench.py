@@ -1,9 +1,9 @@
-"""scripts/bench.py runs every configuration and reports them (speed targets live in its output, not here)."""
+"""scripts/bench.py runs every configuration and reports them (speed targets live in its output, not here);
+sngan.diagnostics.profiling counts what an iteration dispatches."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,18 +11,12 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT, load_script
+from sngan.diagnostics.profiling import aten_ops_per_iteration
 
 SCRIPT = ROOT / "scripts" / "bench.py"
 TINY_ARGS = argparse.Namespace(model="cnn", resolution=16, g_ch=32, d_ch=8, batch=4, n_dis=1,
                                amp=False, compile=False, channels_last=False)
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _legacy_profiler_count(run) -> int:
@@ -33,7 +27,7 @@ def _legacy_profiler_count(run) -> int:
 
 
 def test_aten_op_count_includes_nested_ops():
-    count = _bench().aten_ops_per_iteration
+    count = aten_ops_per_iteration
     x, y = torch.ones(3), torch.ones(3)
     assert count(lambda: x.add_(y)) == 1  # one op, nothing below it
     m, v = torch.ones(4, 3), torch.ones(3)
@@ -45,13 +39,13 @@ def test_aten_op_count_includes_nested_ops():
 
 
 def test_aten_ops_per_iteration_of_the_runners():
-    bench = _bench()
+    bench = load_script("bench.py")
     counts = {}
     for variant in ("none", "reshaped", "builtin"):
         run, _ = bench.make_runner(TINY_ARGS, variant, torch.device("cpu"))
         run(), run()  # warm: the optimizers' state exists from here on
-        counts[variant] = bench.aten_ops_per_iteration(run)
-        assert bench.aten_ops_per_iteration(run) == counts[variant] == _legacy_profiler_count(run)
+        counts[variant] = aten_ops_per_iteration(run)
+        assert aten_ops_per_iteration(run) == counts[variant] == _legacy_profiler_count(run)
     assert counts["none"] < counts["reshaped"] < counts["builtin"]  # SN costs ops, ours fewer than torch's
 
 

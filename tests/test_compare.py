@@ -1,4 +1,5 @@
-"""scripts/compare_variants.py on a fabricated sweep folder: every number checked by hand."""
+"""The seed study's report (sngan.report, through scripts/compare_variants.py) on a fabricated sweep
+folder: every number checked by hand."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import ROOT
+from helpers import ROOT
+from sngan.report.csvs import RUN_COLUMNS, read_csv, write_csv
+from sngan.report.stats import by_variant, early_warning, median_iqr, pairwise, wilson
 
 SCRIPT = ROOT / "scripts" / "compare_variants.py"
 STEPS = [100, 200, 300, 400, 500]
@@ -179,19 +182,43 @@ def test_a_study_continued_in_a_new_sweep_folder_keeps_its_earlier_runs(sweep, t
     assert len(seed8) == 5  # the new record's curve, not the old one's two points as well
 
 
-def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from compare_variants import main
-    finally:
-        sys.path.pop(0)
+def test_statistics_match_hand_computations():
+    collapse = {("naive", 0): 300, ("naive", 1): 400, ("naive", 2): 200}
+    rows = [{"variant": v, "seed": s, "status": "ok", "collapsed": (v, s) in collapse,
+             "collapse_step": collapse.get((v, s)), "first_warning_step": 100 if v == "naive" else None,
+             "final_clean_rate": clean[-1], "final_modes_covered": MODES[(v, s)]} for (v, s), clean in CURVES.items()]
+    rows.append({**rows[0], "seed": 9, "status": "failed"})  # no outcome: left out of every statistic
+    groups = by_variant(rows[::-1])
+    assert list(groups) == ["naive", "reshaped"] and [r["seed"] for r in groups["naive"]] == [0, 1, 2, 3, 9]
+    for k, n in ((3, 4), (0, 4), (1, 8)):
+        assert wilson(k, n) == pytest.approx(wilson_by_hand(k, n))
+    t = pairwise(groups, "naive", "reshaped")
+    assert (t["collapse_a"], t["n_a"], t["collapse_b"], t["n_b"]) == (3, 4, 0, 4)
+    assert t["fisher_p"] == pytest.approx(fisher_by_hand(3, 1, 0, 4))
+    assert t["mwu_final_clean_rate"] == pytest.approx(mann_whitney_by_hand(
+        [CURVES[("naive", s)][-1] for s in range(4)], [CURVES[("reshaped", s)][-1] for s in range(4)]))
+    assert pairwise(groups, "reshaped", "operator") is None
+    assert median_iqr([0.0, 0.01, 0.2, 0.45]) == pytest.approx((0.105, 0.0075, 0.2625))
+    e = early_warning(groups["naive"][:4])
+    assert (e["collapsed"], e["warned_before"], sorted(e["leads"]), e["stable"], e["false_alarms"]) == (3, 3, [100, 200, 300], 1, 1)
+
+
+def test_runs_csv_reads_back_what_was_written(tmp_path):
+    row = {"variant": "naive", "seed": 3, "steps": 500, "best_clean_rate": 0.123456789, "collapsed": True,
+           "collapse_step": None, "status": "ok", "optim": "lr0.001,b0.5/0.999,ndis5", "reason": "1", "run": "7"}
+    write_csv(tmp_path / "runs.csv", [row], RUN_COLUMNS)
+    back = read_csv(tmp_path / "runs.csv")[0]
+    assert list(back) == RUN_COLUMNS
+    assert back["best_clean_rate"] == 0.123457 and back["seed"] == 3 and back["collapsed"] is True
+    assert back["collapse_step"] is None and back["reason"] == "1" and back["run"] == "7"  # text stays text
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path):
     for args, message in ((["--out", tmp_path / "r", "--collect", tmp_path / "missing"], "no such folder"),
                           (["--out", tmp_path / "r"], "no runs.csv"),
                           (["--out", tmp_path / "r", "--collect", tmp_path], "no runs")):
-        with pytest.raises(SystemExit) as stop:
-            main([str(a) for a in args])
-        err = capsys.readouterr().err
-        assert stop.value.code == 2 and message in err.splitlines()[-1] and "Traceback" not in err
-    with pytest.raises(SystemExit) as stop:
-        main(["--help"])
-    assert stop.value.code == 0 and "--collect" in capsys.readouterr().out
+        proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and message in proc.stderr.splitlines()[-1] and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "--collect" in proc.stdout

@@ -8,9 +8,9 @@ import itertools
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose_config
+from helpers import compose_config
 from sngan.config import KEYS, SEED_MAX, check_config, check_saved_config, check_values, integer, number
-from sngan.errors import UserError
+from sngan.run.errors import UserError
 
 EXPERIMENTS = [None, "embedded", "cifar10_cnn", "cifar10_resnet", "stl10_resnet", "celeba64"]
 DATASETS = [None, "synthetic", "cifar10", "stl10", "celeba", "folder"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from fixtures import (
+from datasets_on_disk import (
     celeba_colour,
     cifar10_image,
     folder_colour,
@@ -37,7 +37,7 @@ from sngan.data.synthetic import (
     mode_parts,
     templates,
 )
-from sngan.errors import UserError
+from sngan.run.errors import UserError
 
 RESOLUTIONS = (16, 32, 64)
 

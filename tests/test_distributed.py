@@ -11,11 +11,12 @@ import re
 import pytest
 import torch
 
-from sngan import checkpoint, distributed
-from sngan.batches import BatchStream
-from sngan.errors import UserError
-from sngan.train import restore_models
-from conftest import TINY, compose_config, run_cli
+from sngan.run import checkpoint
+from sngan.training import distributed
+from sngan.data.batches import BatchStream
+from sngan.run.errors import UserError
+from sngan.models import restore_models
+from helpers import TINY, compose_config, run_cli, train_tiny
 
 
 def torchrun(args, cwd):
@@ -85,10 +86,10 @@ def test_checkpoints_move_between_world_sizes(tmp_path):
     a, b = (checkpoint.load(tmp_path / d / "checkpoints/last.pt") for d in "ab")
     assert models_equal(a, b) and a["data"] == b["data"]
     # A distributed checkpoint resumes in one process ...
-    ok(run_cli([*base, "train.steps=6", "hydra.run.dir=a", "resume=true"], tmp_path))
+    ok(train_tiny(tmp_path / "a", ["train.steps=6", "resume=true"], base=base, via="cli"))
     assert checkpoint.load(tmp_path / "a/checkpoints/last.pt")["step"] == 6
     # ... and a single-process one under 2 ranks, at the same global batch.
-    ok(run_cli([*base, "train.steps=2", "hydra.run.dir=c"], tmp_path))
+    ok(train_tiny(tmp_path / "c", ["train.steps=2"], base=base, via="cli"))
     ok(torchrun([*base, "train.steps=4", "hydra.run.dir=c", "resume=true"], tmp_path))
     c = checkpoint.load(tmp_path / "c/checkpoints/last.pt")
     assert c["step"] == 4 and c["data"] == b["data"] and len(set(c["replica_digests"])) == 1
@@ -112,8 +113,8 @@ def test_odd_global_batch_is_a_clear_error(tmp_path):
 def test_each_rank_gets_two_images_in_each_of_gs_batches(overrides, message):
     """The per-rank share of both of G's batches (D's fakes and G's update), checked before any work
     (the checks torchrun runs on every rank; the settings table sees only the global numbers)."""
-    from sngan.distributed import Context
-    from sngan.train import check_device_settings
+    from sngan.training.distributed import Context
+    from sngan.training.setup import check_device_settings
 
     cfg = compose_config(TINY + overrides)
     check_device_settings(compose_config(TINY), torch.device("cpu"), Context(rank=0, world_size=2))

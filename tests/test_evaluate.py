@@ -7,14 +7,11 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, TINY_MODEL, compose_config, read_scalars, run_cli
-from fixtures import register_test_features, skip_cifar10_md5, write_celeba, write_cifar10
-from sngan import checkpoint
-from sngan.errors import UserError
+from datasets_on_disk import register_test_features, skip_cifar10_md5, write_celeba, write_cifar10
+from helpers import QUIET, TINY_MODEL, read_scalars, run_cli, train_tiny
+from sngan.run import checkpoint
+from sngan.run.errors import UserError
 from sngan.evaluate import evaluate
-from sngan.train import train
-
-QUIET = ["log.every=1000", "log.sample_every=1000", "log.eval_every=1000"]
 
 
 register_test_features()
@@ -22,8 +19,7 @@ register_test_features()
 
 def test_cli_prints_json_last_and_writes_it_beside_the_checkpoint(tmp_path):
     run = tmp_path / "run"
-    train(compose_config(TINY + QUIET + ["train.steps=3", "log.every=3", "log.eval_every=3", "seed=5",
-                                         "train.ema_decay=0.5"]), run)
+    train_tiny(run, [*QUIET, "train.steps=3", "log.every=3", "log.eval_every=3", "seed=5", "train.ema_decay=0.5"])
     proc = run_cli([f"ckpt={run}", "n=64"], cwd=tmp_path, module="sngan.evaluate")  # TINY's log.n_eval
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -58,7 +54,7 @@ def test_evaluate_scores_the_very_images_the_trainer_scored(tmp_path, monkeypatc
     monkeypatch.setattr(ShapesOracle, "oracle_metrics", lambda self, images: (scored.append(images.clone()),
                                                                               real_metrics(self, images))[1])
     run = tmp_path / "run"
-    train(compose_config(TINY + QUIET + ["train.steps=3", "log.eval_every=3", "seed=5", "train.ema_decay=0.5"]), run)
+    train_tiny(run, [*QUIET, "train.steps=3", "log.eval_every=3", "seed=5", "train.ema_decay=0.5"])
     evaluate(str(run), n=64)
     evaluate(str(run), n=64, seed=6)
     trainer, same, other = scored
@@ -70,10 +66,9 @@ def _cifar10_run(tmp_path, monkeypatch):
     write_cifar10(tmp_path / "cifar", n_per_batch=20)
     skip_cifar10_md5(monkeypatch)
     run = tmp_path / "run"
-    train(compose_config(TINY_MODEL + QUIET + ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}",
-                                               "dataset.download=false", "dataset.resolution=32",
-                                               "dataset.num_workers=0", "train.steps=2",
-                                               "metrics.during_training=false"]), run)
+    train_tiny(run, [*QUIET, "dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}", "dataset.download=false",
+                     "dataset.resolution=32", "dataset.num_workers=0", "train.steps=2",
+                     "metrics.during_training=false"], base=TINY_MODEL)
     return run
 
 
@@ -92,13 +87,13 @@ def test_fid_is_kid_through_torch_fidelity_with_a_stand_in_extractor(tmp_path, m
 def test_periodic_fid_during_training_changes_nothing_about_the_run(tmp_path, monkeypatch):
     write_cifar10(tmp_path / "cifar", n_per_batch=20)
     skip_cifar10_md5(monkeypatch)
-    common = TINY_MODEL + ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}", "dataset.download=false",
-                           "dataset.resolution=32", "dataset.num_workers=0", "train.steps=3",
-                           "log.every=1000", "log.sample_every=1000", "log.n_eval=32",
-                           "metrics.feature_extractor=sngan-test-features",
-                           f"metrics.cache_root={tmp_path / 'cache'}"]
-    train(compose_config(common + ["log.eval_every=1"]), tmp_path / "fid")
-    train(compose_config(common + ["metrics.during_training=false"]), tmp_path / "plain")
+    common = ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}", "dataset.download=false",
+              "dataset.resolution=32", "dataset.num_workers=0", "train.steps=3",
+              "log.every=1000", "log.sample_every=1000", "log.n_eval=32",
+              "metrics.feature_extractor=sngan-test-features",
+              f"metrics.cache_root={tmp_path / 'cache'}"]
+    train_tiny(tmp_path / "fid", common + ["log.eval_every=1"], base=TINY_MODEL)
+    train_tiny(tmp_path / "plain", common + ["metrics.during_training=false"], base=TINY_MODEL)
     scalars = read_scalars(tmp_path / "fid")
     for tag in ("metrics/fid", "metrics/isc", "metrics/kid"):
         assert [step for step, _ in scalars[tag]] == [1, 2, 3], tag
@@ -111,10 +106,10 @@ def test_periodic_fid_during_training_changes_nothing_about_the_run(tmp_path, mo
 
 def test_unavailable_inception_weights_stop_a_real_data_run_before_it_starts(tmp_path):
     write_celeba(tmp_path / "celeba", n=8)
-    proc = run_cli(TINY_MODEL + ["dataset=celeba", f"dataset.root={tmp_path / 'celeba'}", "dataset.resolution=16",
-                                 "dataset.num_workers=0", "train.batch_size=4", "train.steps=2",
-                                 "metrics.inception_weights=/nonexistent/weights.pth",
-                                 f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = train_tiny(tmp_path / "run", ["dataset=celeba", f"dataset.root={tmp_path / 'celeba'}",
+                                         "dataset.resolution=16", "dataset.num_workers=0", "train.batch_size=4",
+                                         "train.steps=2", "metrics.inception_weights=/nonexistent/weights.pth"],
+                      base=TINY_MODEL, via="cli")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "metrics.inception_weights=PATH" in proc.stderr and "metrics.during_training=false" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -153,7 +148,7 @@ class _Images(torch.utils.data.Dataset):
 def test_a_protocol_asks_torch_fidelity_for_its_sample_counts(monkeypatch, tmp_path, name, real, expected):
     import torch_fidelity
 
-    from sngan.metrics import PROTOCOLS, protocol_metrics
+    from sngan.diagnostics.metrics import PROTOCOLS, protocol_metrics
     from sngan.models import build_generator
 
     calls = []
@@ -177,7 +172,7 @@ def test_a_protocol_asks_torch_fidelity_for_its_sample_counts(monkeypatch, tmp_p
 
 
 def test_the_real_subset_is_fixed_and_distinct():
-    from sngan.metrics import real_subset
+    from sngan.diagnostics.metrics import real_subset
 
     data = _Images(1000)
     a, b = real_subset(data, 300), real_subset(data, 300)
@@ -193,9 +188,9 @@ def test_evaluate_with_a_protocol_matches_direct_torch_fidelity_calls(tmp_path, 
 
     import torch_fidelity
 
-    from sngan import metrics
+    from sngan.diagnostics import metrics
     from sngan.data import build_dataset
-    from sngan.train import restore_models
+    from sngan.models import restore_models
 
     run = _cifar10_run(tmp_path, monkeypatch)
     small = dataclasses.replace(metrics.PROTOCOLS["sngan"], isc_samples=40, isc_splits=4, fid_generated=30,
@@ -225,7 +220,7 @@ def test_evaluate_with_a_protocol_matches_direct_torch_fidelity_calls(tmp_path, 
     assert result["metrics/fid"] == pytest.approx(direct_fid["frechet_inception_distance"], rel=1e-9)
 
     synthetic = tmp_path / "synthetic"
-    train(compose_config(TINY + QUIET + ["train.steps=1"]), synthetic)
+    train_tiny(synthetic, [*QUIET, "train.steps=1"])
     with pytest.raises(UserError, match="scored by its oracle: drop metrics.protocol"):
         evaluate(str(synthetic), protocol="sngan")
 

@@ -8,12 +8,11 @@ import copy
 import pytest
 import torch
 
-from conftest import TINY, compose_config, read_scalars
+from helpers import read_scalars, train_tiny
 from sngan.models import build_discriminator
-from sngan.monitor import layer_input_sizes, sigma_scalars
+from sngan.diagnostics.monitor import layer_input_sizes, sigma_scalars
 from sngan.spectral import apply_spectral_norm
-from sngan.step import normalized_weights_once
-from sngan.train import train
+from sngan.training.step import normalized_weights_once
 
 NORMALIZED = ["naive", "reshaped", "builtin", "operator"]
 CPU = torch.device("cpu")
@@ -90,9 +89,8 @@ def test_compiled_discriminator_normalizes_like_the_eager_one(variant):
 
 @pytest.mark.parametrize("variant", NORMALIZED)
 def test_training_with_amp_and_channels_last_keeps_sigma_at_one(tmp_path, variant):
-    cfg = compose_config(TINY + [f"variant={variant}", "train.amp=true", "train.channels_last=true",
-                                 "train.steps=6", "log.every=6", "ckpt.every=6", "optim=C"])
-    final = train(cfg, tmp_path)
+    final = train_tiny(tmp_path, [f"variant={variant}", "train.amp=true", "train.channels_last=true",
+                                  "train.steps=6", "log.every=6", "ckpt.every=6", "optim=C"])
     assert all(torch.isfinite(torch.tensor(v)) for v in final.values())
     scalars = read_scalars(tmp_path)
     kind = {"reshaped": "matrix", "builtin": "matrix", "operator": "operator"}.get(variant)

@@ -11,17 +11,17 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY, compose_config
-from sngan import checkpoint
-from sngan.distributed import Context
-from sngan.ema import build_ema, update_ema
-from sngan.errors import UserError
-from sngan.graphed import TrainingSnapshot
+from helpers import SCALARS_EVERY_2, TINY, assert_identical, compose_config, last_checkpoint, run_script, train_tiny
+from sngan.training.distributed import Context
+from sngan.training.ema import build_ema, update_ema
+from sngan.run.errors import UserError
+from sngan.training.graphed import TrainingSnapshot
 from sngan.models import build_discriminator, build_generator
 from sngan.spectral import VARIANTS, apply_spectral_norm
-from sngan.step import gan_iteration
-from sngan.train import build_optimizers, check_device_settings, place_learning_rates, set_determinism, train
-from test_resume import QUIET, assert_identical
+from sngan.training.step import gan_iteration
+from sngan.training.determinism import set_determinism
+from sngan.training.optim import build_optimizers, place_learning_rates
+from sngan.training.setup import check_device_settings
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # cuBLAS reads its workspace setting once, when this process first uses it: before any test does.
@@ -165,13 +165,12 @@ def test_deterministic_run_resumes_bit_exactly_and_the_switch_may_change(tmp_pat
     bit-identical to an uninterrupted run without it."""
     try:
         whole = tmp_path / "whole"
-        train(compose_config(TINY + QUIET + ["train.steps=6"]), whole)
+        train_tiny(whole, [*SCALARS_EVERY_2, "train.steps=6"])
         part = tmp_path / "part"
-        train(compose_config(TINY + QUIET + ["train.steps=3"]), part)
+        train_tiny(part, [*SCALARS_EVERY_2, "train.steps=3"])
         overrides = ["train.steps=6", "resume=true", "train.deterministic=true"]
-        train(compose_config(TINY + QUIET + overrides), part, overrides=overrides)
-        assert_identical(checkpoint.load(whole / "checkpoints" / "last.pt"),
-                         checkpoint.load(part / "checkpoints" / "last.pt"))
+        train_tiny(part, [*SCALARS_EVERY_2, *overrides], command_line=overrides)
+        assert_identical(last_checkpoint(whole), last_checkpoint(part))
     finally:
         set_determinism(False)
 
@@ -193,34 +192,33 @@ def test_the_trainers_graphed_branch_equals_eager_with_a_stand_in_graph(tmp_path
     buffers fed n_dis batches per iteration, warm-up iterations undone, the EMA and a decaying
     learning rate outside the graph, a resume that captures again. It must end bit-identical to
     the eager run."""
-    import sngan.graphed
-    import sngan.train
+    import sngan.training.graphed
+    import sngan.training.setup
 
-    monkeypatch.setattr(sngan.graphed, "capture_cuda_graph", rerun_capture)
-    monkeypatch.setattr(sngan.train, "check_device_settings", lambda cfg, device, ctx: None)  # lets it run on CPU
-    run = TINY + QUIET + [f"variant={variant}", "train.n_dis=2", "train.ema_decay=0.9", "optim.lr_decay=linear",
-                          "train.steps=6", "ckpt.every=3"]
+    monkeypatch.setattr(sngan.training.graphed, "capture_cuda_graph", rerun_capture)
+    # lets it run on CPU
+    monkeypatch.setattr(sngan.training.setup, "check_device_settings", lambda cfg, device, ctx: None)
+    run = [*SCALARS_EVERY_2, f"variant={variant}", "train.n_dis=2", "train.ema_decay=0.9", "optim.lr_decay=linear",
+           "train.steps=6", "ckpt.every=3"]
     eager, graphed, resumed = tmp_path / "eager", tmp_path / "graphed", tmp_path / "resumed"
-    train(compose_config(run), eager)
-    train(compose_config(run + ["train.cuda_graph=true"]), graphed)
-    last = lambda folder: checkpoint.load(folder / "checkpoints" / "last.pt")
-    assert_identical(last(eager), last(graphed))
+    train_tiny(eager, run)
+    train_tiny(graphed, run + ["train.cuda_graph=true"])
+    assert_identical(last_checkpoint(eager), last_checkpoint(graphed))
     shutil.copytree(graphed, resumed)  # as if killed after its step-3 checkpoint
     shutil.copy(resumed / "checkpoints" / "step_0000003.pt", resumed / "checkpoints" / "last.pt")
     (resumed / "checkpoints" / "step_0000006.pt").unlink()
-    train(compose_config(run + ["train.cuda_graph=true", "resume=true"]), resumed, overrides=["resume=true"])
-    assert_identical(last(eager), last(resumed))
+    train_tiny(resumed, run + ["train.cuda_graph=true", "resume=true"], command_line=["resume=true"])
+    assert_identical(last_checkpoint(eager), last_checkpoint(resumed))
 
 
 # --- on a GPU ----------------------------------------------------------------------------------------
 
-GPU_RUN = TINY + QUIET + ["device=cuda", "train.deterministic=true", "train.steps=20", "ckpt.every=10"]
+GPU_RUN = [*SCALARS_EVERY_2, "device=cuda", "train.deterministic=true", "train.steps=20", "ckpt.every=10"]
 
 
 def _gpu_run(tmp_path, name, extra=(), overrides=None):
-    cfg = compose_config(GPU_RUN + list(extra))
-    train(cfg, tmp_path / name, overrides=overrides)
-    return checkpoint.load(tmp_path / name / "checkpoints" / "last.pt")
+    train_tiny(tmp_path / name, GPU_RUN + list(extra), command_line=overrides)
+    return last_checkpoint(tmp_path / name)
 
 
 @cuda
@@ -264,7 +262,7 @@ def test_two_deterministic_gpu_runs_are_identical(tmp_path):
 def test_gpu_iteration_never_waits_for_the_host(graphed):
     """One iteration, its EMA update and its scheduler steps under sync debug mode "error": any
     host synchronisation inside raises. (The capture itself, before, may synchronise.)"""
-    from sngan.graphed import GraphedIteration
+    from sngan.training.graphed import GraphedIteration
 
     G, D, opt_g, opt_d, step, scheds = _setup("reshaped", "cuda")
     ema = build_ema(G, 0.9)
@@ -290,16 +288,11 @@ def test_gpu_iteration_never_waits_for_the_host(graphed):
 @cuda
 def test_bench_reports_graphed_rows_and_kernels_on_gpu(tmp_path):
     import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT
 
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cuda", "--resolution", "16",
-           "--g-ch", "32", "--d-ch", "8", "--batch", "4", "--steps", "2", "--repeats", "1", "--cuda-graph",
-           "--deterministic", "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = run_script("bench.py", ["--device", "cuda", "--resolution", "16", "--g-ch", "32", "--d-ch", "8", "--batch",
+                                   "4", "--steps", "2", "--repeats", "1", "--cuda-graph", "--deterministic",
+                                   "--json", str(out)], timeout=600)
     assert proc.returncode == 0, proc.stderr
     rows = {row["config"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == set(VARIANTS) | {"textbook"} | {v + "+graph" for v in VARIANTS}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY, read_scalars, run_cli
-from sngan.health import GM_LIMIT, SIGMA_LIMIT, Health
+from helpers import TINY, read_scalars, run_cli
+from sngan.diagnostics.health import GM_LIMIT, SIGMA_LIMIT, Health, replay
 
 # Per-layer sigmas read (log.every=1) from runs of the embedded default, seeds 0-2: the claimed
 # sigma of each variant (sigma/matrix for naive and reshaped, sigma/operator for operator).
@@ -139,6 +139,37 @@ def test_state_survives_a_checkpoint():
     restored.load_state_dict(health.state_dict())
     assert restored.summary() == health.summary()
     assert _run(restored, _readings("naive", NAIVE_SEED1[1:], start=3))[0][2] == []  # no repeated warning
+
+
+def test_checkpointed_state_keeps_its_keys_and_loads_a_saved_one():
+    health = Health("naive")  # the keys every checkpoint since the health checks holds, in this order
+    assert list(health.state_dict()) == [
+        "warned_sigma", "first_violation", "worsenings", "previous_sigma", "worst_sigma", "best_quality",
+        "collapsed_at", "collapses", "lipschitz_min", "lipschitz_max", "lipschitz_warned", "grad_norm_min"]
+    saved = {"warned_sigma": {"conv1": 1.61}, "first_violation": 1, "worsenings": [], "previous_sigma": {"conv1": 1.61},
+             "worst_sigma": [1.61, "conv1", 1], "best_quality": [0.46, 300], "collapsed_at": 500, "collapses": [500],
+             "lipschitz_min": 10.0, "lipschitz_max": 120.0, "lipschitz_warned": 12.0, "grad_norm_min": 1.0}
+    health.load_state_dict(saved)  # tuples come back as lists from some checkpoint writers
+    assert health.worst_sigma == (1.61, "conv1", 1) and health.best_quality == (0.46, 300)
+    assert health.state_dict() == {**saved, "worst_sigma": (1.61, "conv1", 1), "best_quality": (0.46, 300)}
+    assert health.summary() == ("health: normalization violated from step 1 in 1 layer(s), worst conv1 1.61 at step 1; "
+                                "collapse suspected at step(s) 500 (still collapsed; best 0.46 at step 300); "
+                                "Lipschitz bound growing (max 120, 12.0x its minimum)")
+    older = Health("naive")
+    older.load_state_dict({"best_quality": [0.2, 100], "a_key_from_elsewhere": 1})  # missing keys keep their defaults
+    assert older.best_quality == (0.2, 100) and older.first_violation is None and older.collapses == []
+
+
+def test_replay_runs_the_trainers_checks_over_logged_values():
+    readings = {100: {"metrics/clean_rate": 0.4, "sigma/matrix/conv1": 1.6, "sigma/matrix/fc": 1.0, "loss/d": 1.0},
+                200: {"metrics/clean_rate": 0.05, "sigma/matrix/conv1": 1.7, "sigma/matrix/fc": 1.0}}
+    health = replay("naive", readings)
+    by_hand = Health("naive")
+    for step, values in readings.items():
+        by_hand.check(step, {k: v for k, v in values.items() if k.startswith("sigma/")})
+        by_hand.check(step, {k: v for k, v in values.items() if k.startswith("metrics/")})
+    assert health.state_dict() == by_hand.state_dict()
+    assert health.first_violation == 100 and health.collapses == [200] and health.best_quality == (0.4, 100)
 
 
 @pytest.mark.parametrize("variant,warns", [("naive", True), ("reshaped", False), ("builtin", False),

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sngan.models import build_discriminator, build_generator
-from sngan.monitor import layer_input_sizes
+from sngan.diagnostics.monitor import layer_input_sizes
 from sngan.spectral import VARIANTS, apply_spectral_norm
 
 Z = 128  # n_hidden / dim_z / nz in every reference

@@ -17,13 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, TINY_MODEL, call, compose_config, snapshot
-from sngan import checkpoint
-from sngan.errors import UserError
-from sngan.train import train
-from test_resume import assert_identical
+from helpers import TINY, TINY_MODEL, assert_identical, call, compose_config, last_checkpoint, snapshot, train_tiny
+from sngan.run import checkpoint
+from sngan.run.errors import UserError
 
-RUN = TINY + ["log.every=2", "log.sample_every=2", "log.eval_every=2", "ckpt.every=2", "ckpt.keep=2"]
+EVERY_2_STEPS = ["log.every=2", "log.sample_every=2", "log.eval_every=2", "ckpt.every=2", "ckpt.keep=2"]
 
 
 def _fail_the_nth_save(monkeypatch, n: int, error: int = errno.ENOSPC) -> None:
@@ -45,11 +43,11 @@ def _no_temporary_files(run) -> None:
 
 def test_a_full_disk_stops_a_new_run_and_a_resumed_one_keeping_the_last_checkpoint(tmp_path, monkeypatch, capsys):
     straight = tmp_path / "straight"
-    assert call("train", RUN + ["train.steps=6", f"hydra.run.dir={straight}"])[0] == 0
+    assert train_tiny(straight, EVERY_2_STEPS + ["train.steps=6"], via="main")[0] == 0
 
     run = tmp_path / "run"
     _fail_the_nth_save(monkeypatch, 3)  # step 2 (snapshot, last.pt) is written; step 4's snapshot is not
-    code, printed, _ = call("train", RUN + ["train.steps=6", f"hydra.run.dir={run}"], capsys)
+    code, printed, _ = train_tiny(run, EVERY_2_STEPS + ["train.steps=6"], via="main", capsys=capsys)
     assert code == 2 and "Traceback" not in printed and printed.strip().count("\n") == 0
     assert printed.startswith(f"error: cannot write {run / 'checkpoints' / 'step_0000004.pt'} (No space left on device)")
     assert f"the last checkpoint {run / 'checkpoints' / 'last.pt'} (step 2) is intact" in printed
@@ -59,21 +57,20 @@ def test_a_full_disk_stops_a_new_run_and_a_resumed_one_keeping_the_last_checkpoi
 
     # resumed, and the disk fills again at its first checkpoint: step 2 is still what is kept
     _fail_the_nth_save(monkeypatch, 1)
-    code, printed, _ = call("train", ["resume=true", f"hydra.run.dir={run}"], capsys)
+    code, printed, _ = train_tiny(run, ["resume=true"], base=[], via="main", capsys=capsys)
     assert code == 2 and printed.strip().count("\n") == 0 and "(step 2) is intact" in printed
-    assert checkpoint.load(run / "checkpoints" / "last.pt")["step"] == 2
+    assert last_checkpoint(run)["step"] == 2
     _no_temporary_files(run)
 
     monkeypatch.undo()  # space again: the run goes on from step 2 as if nothing had happened
-    assert call("train", ["resume=true", f"hydra.run.dir={run}"])[0] == 0
-    assert_identical(checkpoint.load(straight / "checkpoints" / "last.pt"),
-                     checkpoint.load(run / "checkpoints" / "last.pt"))
+    assert train_tiny(run, ["resume=true"], base=[], via="main")[0] == 0
+    assert_identical(last_checkpoint(straight), last_checkpoint(run))
 
 
 def test_a_read_only_file_system_mid_run_and_at_the_start(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     _fail_the_nth_save(monkeypatch, 3, errno.EROFS)
-    code, printed, _ = call("train", RUN + ["train.steps=6", f"hydra.run.dir={run}"], capsys)
+    code, printed, _ = train_tiny(run, EVERY_2_STEPS + ["train.steps=6"], via="main", capsys=capsys)
     assert code == 2 and "Traceback" not in printed and printed.strip().count("\n") == 0
     assert "(Read-only file system)" in printed and "make the file system writable" in printed
     assert "(step 2) is intact" in printed
@@ -83,10 +80,10 @@ def test_a_read_only_file_system_mid_run_and_at_the_start(tmp_path, monkeypatch,
     # the whole folder read-only when a resume starts: refused before anything, the folder as it was
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-    import sngan.paths
-    monkeypatch.setattr(sngan.paths, "tempfile", types.SimpleNamespace(mkstemp=read_only))
+    import sngan.run.paths
+    monkeypatch.setattr(sngan.run.paths, "tempfile", types.SimpleNamespace(mkstemp=read_only))
     before = snapshot(run)
-    code, printed, _ = call("train", ["resume=true", f"hydra.run.dir={run}"], capsys)
+    code, printed, _ = train_tiny(run, ["resume=true"], base=[], via="main", capsys=capsys)
     assert code == 2 and printed.strip() == (f"error: hydra.run.dir={run} cannot be written: {run} "
                                              "(Read-only file system); choose a writable hydra.run.dir")
     assert snapshot(run) == before
@@ -104,8 +101,8 @@ def test_a_real_full_then_read_only_tmpfs(tmp_path, capsys):
         pytest.skip("cannot mount a tmpfs here (needs root); the simulated tests above cover the writer")
     try:
         run = disk / "run"
-        assert call("train", RUN + ["train.steps=2", f"hydra.run.dir={run}"])[0] == 0
-        kept = checkpoint.load(run / "checkpoints" / "last.pt")
+        assert train_tiny(run, EVERY_2_STEPS + ["train.steps=2"], via="main")[0] == 0
+        kept = last_checkpoint(run)
         with open(disk / "filler", "wb") as f:  # fill the disk to the last byte
             try:
                 while True:
@@ -113,16 +110,16 @@ def test_a_real_full_then_read_only_tmpfs(tmp_path, capsys):
                     f.flush()
             except OSError as e:
                 assert e.errno == errno.ENOSPC
-        code, printed, _ = call("train", ["resume=true", "train.steps=4", f"hydra.run.dir={run}"], capsys)
+        code, printed, _ = train_tiny(run, ["resume=true", "train.steps=4"], base=[], via="main", capsys=capsys)
         assert code == 2 and "Traceback" not in printed and printed.strip().count("\n") == 0
         assert "(No space left on device)" in printed and "(step 2) is intact" in printed
-        assert_identical(kept, checkpoint.load(run / "checkpoints" / "last.pt"))
+        assert_identical(kept, last_checkpoint(run))
         _no_temporary_files(run)
 
         (disk / "filler").unlink()
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         before = snapshot(run)
-        code, printed, _ = call("train", ["resume=true", "train.steps=4", f"hydra.run.dir={run}"], capsys)
+        code, printed, _ = train_tiny(run, ["resume=true", "train.steps=4"], base=[], via="main", capsys=capsys)
         assert code == 2 and printed.strip().count("\n") == 0 and "(Read-only file system)" in printed
         assert snapshot(run) == before
     finally:
@@ -133,7 +130,7 @@ def test_the_trainer_writes_the_records_hydra_would(tmp_path):
     """Hydra's own copy (hydra.output_subdir=.orig) beside the trainer's .hydra/: the same bytes,
     but for the line that says where the records are."""
     run = tmp_path / "run"
-    assert call("train", TINY + ["train.steps=1", f"hydra.run.dir={run}", "hydra.output_subdir=.orig"])[0] == 0
+    assert train_tiny(run, ["train.steps=1", "hydra.output_subdir=.orig"], via="main")[0] == 0
     for name in ("config.yaml", "overrides.yaml"):
         assert (run / ".hydra" / name).read_text() == (run / ".orig" / name).read_text()
     ours, theirs = ((run / d / "hydra.yaml").read_text().splitlines() for d in (".hydra", ".orig"))
@@ -146,12 +143,12 @@ def test_an_error_in_a_data_loader_worker_is_the_same_one_line(tmp_path, capsys)
     for i in range(7):
         Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(images / f"{i}.png")
     (images / "7.png").write_bytes(b"not an image")  # read in the first epoch, after image 0
-    base = TINY_MODEL + ["dataset=folder", f"dataset.root={images}", "metrics.during_training=false",
-                         "train.batch_size=4", "train.steps=4", "log.every=100"]
+    folder = ["dataset=folder", f"dataset.root={images}", "metrics.during_training=false", "train.batch_size=4",
+              "train.steps=4", "log.every=100"]
     lines = {}
     for workers in (0, 2):
-        code, printed, _ = call("train", base + [f"dataset.num_workers={workers}", f"hydra.run.dir={tmp_path / str(workers)}"],
-                             capsys)
+        code, printed, _ = train_tiny(tmp_path / str(workers), folder + [f"dataset.num_workers={workers}"],
+                                      base=TINY_MODEL, via="main", capsys=capsys)
         assert code == 2 and "Traceback" not in printed and printed.strip().count("\n") == 0, printed
         lines[workers] = printed.strip()
     assert lines[0] == lines[2]
@@ -170,16 +167,15 @@ def test_dataset_alone_brings_its_resolution_and_the_models_widths():
 
 
 def test_train_refuses_a_data_set_smaller_than_one_batch_by_name(tmp_path):
-    cfg = compose_config(TINY + ["dataset.size=4"])
     with pytest.raises(UserError, match=r"dataset.size must be at least one batch \(train.batch_size=8\), got 4"):
-        train(cfg, tmp_path / "run")
+        train_tiny(tmp_path / "run", ["dataset.size=4"])
     assert not (tmp_path / "run").exists()
 
 
 def test_a_sweep_job_refused_on_a_folder_that_holds_a_run_leaves_it_as_it_was(tmp_path, capsys):
     """Relaunching a sweep (resume=auto) while a job's folder is busy: that job fails, the sweep goes
     on, and the folder, its status.json and .hydra/ included, is as it was."""
-    from sngan.runlock import run_lock
+    from sngan.run.lock import run_lock
 
     sweep = tmp_path / "sweep"
     args = ["-m", f"hydra.sweep.dir={sweep}", "resume=auto", *TINY, "train.steps=1", "seed=0,1"]

@@ -5,27 +5,19 @@ published numbers beside the measured ones."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
-from fixtures import register_test_features, write_stl10
-from sngan import metrics
+from helpers import ROOT, load_script
+from datasets_on_disk import register_test_features, write_stl10
+from sngan.diagnostics import metrics
 
 SCRIPT = ROOT / "scripts" / "reproduce.py"
 NARROW = ["model.g_ch=32", "model.d_ch=4", "train.batch_size=8", "train.steps=2", "metrics.during_training=false",
           "dataset.num_workers=0", "log.progress=false"]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -40,7 +32,7 @@ def test_reproduce_trains_evaluates_and_prints_the_published_numbers(tmp_path, c
     run = tmp_path / "run"
     args = ["stl10_resnet", "--root", str(tmp_path / "stl"), "--run-dir", str(run), "--device", "cpu",
             "--feature-extractor", register_test_features(), "--cache-root", str(tmp_path / "cache"), *NARROW]
-    _script().main(args)
+    load_script("reproduce.py").main(args)
     printed = capsys.readouterr().out
     assert (run / "checkpoints" / "step_0000002.pt").is_file()
     sngan = json.loads((run / "checkpoints" / "step_0000002.sngan.metrics.json").read_text())
@@ -61,7 +53,7 @@ def test_reproduce_trains_evaluates_and_prints_the_published_numbers(tmp_path, c
     assert "Miyato et al. 2018 (arXiv:1802.05957), Table 2: SN-GANs, Eq. (17), ResNet, STL-10" in printed
 
     # Run again: the finished run is not trained further, and evaluating it again gives the same numbers.
-    _script().main(args)
+    load_script("reproduce.py").main(args)
     assert json.loads((run / "reproduce.json").read_text())["rows"] == rows
     assert "is complete" in (run / "train.log").read_text()
 
@@ -80,5 +72,5 @@ def test_reproduce_help_documents_the_protocols():
 
 def test_reproduce_refuses_a_preset_without_a_published_number(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        _script().main(["embedded", "--root", str(tmp_path)])
+        load_script("reproduce.py").main(["embedded", "--root", str(tmp_path)])
     assert info.value.code == 2 and "invalid choice: 'embedded'" in capsys.readouterr().err

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, run_cli
+from helpers import run_script, train_tiny
 
 
 def test_a_run_introduces_itself_and_its_commands_work(tmp_path):
     run = tmp_path / "outputs" / "seed=0,variant=naive"  # a sweep job's name: '=' and ',' need quoting
-    proc = run_cli(TINY + ["variant=naive", "train.steps=4", "log.every=2", "log.sample_every=4",
-                           "log.eval_every=4", f'hydra.run.dir="{run}"'], cwd=tmp_path)
+    proc = train_tiny(run, ["variant=naive", "train.steps=4", "log.every=2", "log.sample_every=4", "log.eval_every=4"],
+                      via="cli", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     log = (run / "train.log").read_text()
     for text in ("sngan run (new run): outputs/seed=0,variant=naive", "variant naive | data synthetic 16x16",
@@ -43,8 +43,6 @@ def test_a_run_introduces_itself_and_its_commands_work(tmp_path):
 
 @pytest.mark.parametrize("script", ["compare_variants.py", "sigma_table.py", "bench.py", "seed_study.sh"])
 def test_every_script_has_a_help(script):
-    path = ROOT / "scripts" / script
-    cmd = ["bash", str(path), "--help"] if script.endswith(".sh") else [sys.executable, str(path), "--help"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = run_script(script, ["--help"], timeout=120)
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) > 4, proc.stderr
     assert "default" in proc.stdout or script in ("compare_variants.py", "seed_study.sh")

@@ -6,16 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, compose_config, run_cli
+from helpers import QUIET, run_cli, train_tiny
 from sngan.sample import generate, load_generator
-from sngan.train import train
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "run"
-    train(compose_config(TINY + ["train.steps=3", "train.ema_decay=0.5", "log.every=1000",
-                                 "log.sample_every=1000", "log.eval_every=1000"]), run)
+    train_tiny(run, ["train.steps=3", "train.ema_decay=0.5", *QUIET])
     return run
 
 

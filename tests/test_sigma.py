@@ -4,27 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from sngan.operators import input_shape
+from helpers import dense_sigma
+from sngan.linalg.operators import input_shape
 from sngan.sigma import effective_weight, matrix_sigma, operator_sigma, operator_sigma_bounds
 from sngan.spectral import VARIANTS, apply_spectral_norm, reshape_dim
-
-
-def dense_sigma(layer: nn.Module, input_size) -> float:
-    """Largest singular value of the layer's full matrix, built by applying the layer to basis vectors."""
-    layer = layer.double()
-    if getattr(layer, "bias", None) is not None:
-        layer.bias = None
-    shape = input_shape(layer, input_size)
-    n = 1
-    for s in shape:
-        n *= s
-    basis = torch.eye(n, dtype=torch.float64)
-    with torch.no_grad():
-        if isinstance(layer, nn.Embedding):
-            columns = basis @ layer.weight  # row i of the matrix is the embedding of index i
-        else:
-            columns = layer(basis.view(n, *shape[1:])).reshape(n, -1)
-    return float(torch.linalg.svdvals(columns)[0])
 
 
 CONFIGS = [
@@ -230,7 +213,7 @@ def test_the_upper_bound_does_not_depend_on_its_start_vectors(make, size, monkey
     """Start vectors only choose which frequency gets an exact eigendecomposition first; the others
     are certified by Cholesky, and those it fails on are decomposed too. All-zero start vectors
     pick the first frequency whatever its norm: that path must give the same bound."""
-    from sngan import bounds
+    from sngan.linalg import bounds
 
     torch.manual_seed(2)
     layer = make()
@@ -265,7 +248,7 @@ def test_the_warm_started_matrix_sigma_is_the_dense_one():
 def test_lanczos_testing_convergence_every_few_steps_still_converges(index):
     """On an accelerator the Lanczos convergence test runs every few steps (each test reads back
     to the host); the steps in between must not spoil the result, here forced on the CPU."""
-    from sngan.operators import linear_map, top_singular_pair
+    from sngan.linalg.operators import linear_map, top_singular_pair
 
     torch.manual_seed(index)
     make, size = CONFIGS[index]
@@ -283,7 +266,7 @@ def test_lanczos_stops_at_an_invariant_subspace_between_two_tests():
     """A 1x1 conv with one channel is a multiple of the identity: the first step already spans an
     invariant subspace (beta = 0). With tests every 8 steps the steps after it divide by ~0; the
     result must still be the exact norm, not NaN."""
-    from sngan.operators import linear_map, top_singular_pair
+    from sngan.linalg.operators import linear_map, top_singular_pair
 
     layer = nn.Conv2d(1, 1, 1, bias=False).double()
     with torch.no_grad():

@@ -12,9 +12,7 @@ import time
 
 import pytest
 
-from conftest import CONFIGS, ROOT, TINY, read_scalars, run_cli
-
-QUIET = ["log.eval_every=1000", "log.sample_every=1000"]
+from helpers import CONFIGS, NO_SAMPLES, TINY, read_scalars, run_cli, run_script
 
 
 def _status(run):
@@ -32,7 +30,7 @@ def _job(sweep, override):
 def test_a_killed_sweep_relaunched_finishes_every_run_once(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep}", "resume=auto",
-            *TINY, *QUIET, "train.steps=150", "log.every=5", "ckpt.every=5", "seed=0,1"]
+            *TINY, *NO_SAMPLES, "train.steps=150", "log.every=5", "ckpt.every=5", "seed=0,1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "sngan.train", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -62,7 +60,7 @@ def test_a_killed_sweep_relaunched_finishes_every_run_once(tmp_path):
 @pytest.mark.slow  # many CLI processes: run by `pytest -m slow` (and CI)
 def test_failed_and_diverged_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}", *TINY, *QUIET, "variant=none",
+    proc = run_cli(["-m", "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}", *TINY, *NO_SAMPLES, "variant=none",
                     "log.every=2", "train.steps=4", "optim.lr=-1,1e30,0.001"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     output = proc.stdout + proc.stderr
@@ -72,8 +70,7 @@ def test_failed_and_diverged_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
     diverged = _status(_job(sweep, "optim.lr=1e+30"))
     assert diverged["status"] == "diverged" and diverged["step"] == 2 and "non-finite loss" in diverged["reason"]
     assert _status(_job(sweep, "optim.lr=0.001"))["status"] == "ok"
-    report = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_variants.py"), "--collect", str(sweep),
-                             "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+    report = run_script("compare_variants.py", ["--collect", sweep, "--out", tmp_path / "report"], timeout=300)
     assert report.returncode == 0, report.stderr
     assert "failed run" in report.stderr and "got -1" in report.stderr
     with open(tmp_path / "report" / "runs.csv") as f:
@@ -126,8 +123,8 @@ def test_the_slurm_preset_makes_a_valid_sbatch_script(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_submitit_local_runs_a_tiny_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", "resume=auto", *TINY, *QUIET,
-                    "train.steps=20", "variant=naive,reshaped"], cwd=tmp_path, timeout=600)
+    proc = run_cli(["-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", "resume=auto", *TINY,
+                    *NO_SAMPLES, "train.steps=20", "variant=naive,reshaped"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert _status(_job(sweep, "variant=naive")) == {"status": "ok", "step": 20, "first_warning_step": 20}
     assert _status(_job(sweep, "variant=reshaped")) == {"status": "ok", "step": 20, "first_warning_step": None}

@@ -6,13 +6,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import TINY, TINY_MODEL, compose_config, read_scalars, run_cli
-from fixtures import skip_cifar10_md5, write_celeba, write_cifar10, write_stl10
-from sngan import checkpoint
-from sngan.errors import RunDiverged, UserError
-from sngan.train import train
+from datasets_on_disk import skip_cifar10_md5, write_celeba, write_cifar10, write_stl10
+from helpers import (NO_SAMPLES, TINY, TINY_MODEL, assert_identical, compose_config, last_checkpoint, read_scalars,
+                     run_cli, train_tiny)
+from sngan.run import checkpoint
+from sngan.run.errors import RunDiverged, UserError
 
-FAST_LOG = ["log.sample_every=1000", "log.eval_every=1000", "ckpt.every=1000"]
+FAST_LOG = [*NO_SAMPLES, "ckpt.every=1000"]  # and one checkpoint, at the end
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -80,20 +80,10 @@ def test_struct_mode_refuses_a_mistyped_key():
 
 # --- runs ------------------------------------------------------------------------------------
 
-def _train(tmp_path, overrides, name="run", base=TINY):
-    cfg = compose_config(base + list(overrides))
-    return train(cfg, tmp_path / name), tmp_path / name
-
-
-def _final_state(run_dir):
-    return checkpoint.load(run_dir / "checkpoints" / "last.pt")
-
-
 def test_cli_run_writes_tensorboard_samples_and_checkpoint(tmp_path):
-    proc = run_cli(TINY + ["train.steps=4", "log.every=2", "log.sample_every=2", "log.eval_every=2",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
+    proc = train_tiny(run, ["train.steps=4", "log.every=2", "log.sample_every=2", "log.eval_every=2"], via="cli")
+    assert proc.returncode == 0, proc.stderr
     assert (run / "checkpoints" / "last.pt").is_file() and (run / ".hydra" / "config.yaml").is_file()
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
     scalars = read_scalars(run)
@@ -107,15 +97,15 @@ def test_cli_run_writes_tensorboard_samples_and_checkpoint(tmp_path):
                                   for kind in ("operator_lower", "operator", "operator_upper"))
         assert lower <= estimate * (1 + 1e-6) and estimate <= upper * (1 + 1e-6), layer
     assert scalars["sigma/lipschitz_bound_upper"][-1][1] >= scalars["sigma/lipschitz_bound"][-1][1]
-    state = _final_state(run)
+    state = last_checkpoint(run)
     assert state["step"] == 4 and state["config"]["variant"]["name"] == "reshaped"
 
 
 def test_diagnostics_never_change_the_run(tmp_path):
-    _, quiet = _train(tmp_path, ["train.steps=6", "log.every=1000"] + FAST_LOG, "quiet")
-    _, loud = _train(tmp_path, ["train.steps=6", "log.every=1", "log.sample_every=2",
-                                "log.eval_every=3", "ckpt.every=1000"], "loud")
-    a, b = _final_state(quiet), _final_state(loud)
+    quiet, loud = tmp_path / "quiet", tmp_path / "loud"
+    train_tiny(quiet, ["train.steps=6", "log.every=1000"] + FAST_LOG)
+    train_tiny(loud, ["train.steps=6", "log.every=1", "log.sample_every=2", "log.eval_every=3", "ckpt.every=1000"])
+    a, b = last_checkpoint(quiet), last_checkpoint(loud)
     for key in ("G", "D"):
         assert a[key].keys() == b[key].keys()
         for name in a[key]:
@@ -125,9 +115,10 @@ def test_diagnostics_never_change_the_run(tmp_path):
 
 @pytest.mark.parametrize("variant", ["operator", "none"])
 def test_diagnostics_never_change_operator_or_unnormalized_runs(tmp_path, variant):
-    _, quiet = _train(tmp_path, [f"variant={variant}", "train.steps=3", "log.every=1000"] + FAST_LOG, "q")
-    _, loud = _train(tmp_path, [f"variant={variant}", "train.steps=3", "log.every=1"] + FAST_LOG, "l")
-    a, b = _final_state(quiet)["D"], _final_state(loud)["D"]
+    quiet, loud = tmp_path / "q", tmp_path / "l"
+    train_tiny(quiet, [f"variant={variant}", "train.steps=3", "log.every=1000"] + FAST_LOG)
+    train_tiny(loud, [f"variant={variant}", "train.steps=3", "log.every=1"] + FAST_LOG)
+    a, b = last_checkpoint(quiet)["D"], last_checkpoint(loud)["D"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -136,8 +127,8 @@ def test_sigma_signatures_separate_the_variants(tmp_path):
     common = ["model.d_ch=16", "train.steps=40", "log.every=10", "optim=C"] + FAST_LOG
     sigmas = {}
     for variant in ("naive", "reshaped", "builtin"):
-        _, run = _train(tmp_path, [f"variant={variant}"] + common, variant)
-        sigmas[variant] = read_scalars(run)
+        train_tiny(tmp_path / variant, [f"variant={variant}"] + common)
+        sigmas[variant] = read_scalars(tmp_path / variant)
     layers = [t.split("/")[-1] for t in sigmas["naive"] if t.startswith("sigma/matrix/")]
     three_by_three = ["conv1", "conv3", "conv5"]  # 16x16 images: two stages, then the last 3x3
     # one power step per update tracks sigma to a few percent (the random initial spectrum is flat)
@@ -154,7 +145,7 @@ def test_sigma_signatures_separate_the_variants(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, monkeypatch):
-    import sngan.step as step
+    import sngan.training.step as step
 
     real_d_loss, calls = step.d_loss, {"n": 0}
 
@@ -165,17 +156,16 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, m
 
     monkeypatch.setattr(step, "d_loss", poisoned)
     with pytest.raises(RunDiverged, match="non-finite"):
-        _train(tmp_path, ["train.steps=10", "train.n_dis=1", "log.every=1000", "ckpt.every=2", "log.sample_every=1000",
-                          "log.eval_every=1000"])
-    state = _final_state(tmp_path / "run")
+        train_tiny(tmp_path / "run", ["train.steps=10", "train.n_dis=1", "log.every=1000", "ckpt.every=2", *NO_SAMPLES])
+    state = last_checkpoint(tmp_path / "run")
     assert state["step"] == 4
     assert all(torch.isfinite(t).all() for t in state["D"].values() if t.is_floating_point())
 
 
 def test_a_run_folder_is_never_overwritten(tmp_path):
-    _train(tmp_path, ["train.steps=1"] + FAST_LOG)
+    train_tiny(tmp_path / "run", ["train.steps=1"] + FAST_LOG)
     with pytest.raises(UserError, match="resume=true"):
-        _train(tmp_path, ["train.steps=1"] + FAST_LOG)
+        train_tiny(tmp_path / "run", ["train.steps=1"] + FAST_LOG)
 
 
 # --- real-format data through the real loaders ----------------------------------------------
@@ -185,32 +175,34 @@ def test_trains_on_cifar10_python_batches(tmp_path, monkeypatch):
     skip_cifar10_md5(monkeypatch)
     # `dataset=cifar10` brings its own 32 px (the embedded experiment's 16 px are the synthetic data's)
     base = [item for item in TINY_MODEL if not item.startswith("dataset.resolution=")]
-    _, run = _train(tmp_path, ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}", "dataset.download=false",
-                               "metrics.during_training=false", "dataset.num_workers=0", "train.batch_size=4",
-                               "train.steps=2", "log.every=1"] + FAST_LOG, base=base)
-    assert _final_state(run)["step"] == 2
+    run = tmp_path / "run"
+    train_tiny(run, ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}", "dataset.download=false",
+                     "metrics.during_training=false", "dataset.num_workers=0", "train.batch_size=4",
+                     "train.steps=2", "log.every=1"] + FAST_LOG, base=base)
+    assert last_checkpoint(run)["step"] == 2
     assert "metrics/clean_rate" not in read_scalars(run)  # the oracle exists for synthetic data only
 
 
 def test_stl10_resnet_preset_trains_on_a_generated_stl10_folder_from_the_cli(tmp_path):
     """The issue's command with narrow models (the preset's own widths take a minute a step on a CPU)."""
     write_stl10(tmp_path / "stl", n_unlabeled=16)
-    proc = run_cli(["experiment=stl10_resnet", f"dataset.root={tmp_path / 'stl'}", "train.steps=2", "device=cpu",
-                    "metrics.during_training=false", "model.g_ch=32", "model.d_ch=4", "train.batch_size=8",
-                    "dataset.num_workers=0", "log.progress=false", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = train_tiny(tmp_path / "run", ["experiment=stl10_resnet", f"dataset.root={tmp_path / 'stl'}", "train.steps=2",
+                                         "device=cpu", "metrics.during_training=false", "model.g_ch=32", "model.d_ch=4",
+                                         "train.batch_size=8", "dataset.num_workers=0", "log.progress=false"],
+                      base=[], via="cli")
     assert proc.returncode == 0, proc.stderr
     assert "data stl10 48x48 | model resnet (authors layout)" in proc.stdout
-    state = _final_state(tmp_path / "run")
+    state = last_checkpoint(tmp_path / "run")
     assert state["step"] == 2 and state["config"]["model"]["upsample"] == "bilinear"
     assert state["G"]["fc.weight"].shape == (6 * 6 * 32, 128)  # Table 5: G starts from 6x6
 
 
 def test_trains_on_a_celeba_folder_of_jpegs_from_the_cli(tmp_path):
     write_celeba(tmp_path / "celeba", n=8)
-    proc = run_cli(TINY_MODEL + ["dataset=celeba", f"dataset.root={tmp_path / 'celeba'}", "dataset.resolution=16",
-                                 "metrics.during_training=false",
-                           "dataset.num_workers=0", "train.batch_size=4", "train.steps=2",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = train_tiny(tmp_path / "run", ["dataset=celeba", f"dataset.root={tmp_path / 'celeba'}",
+                                         "dataset.resolution=16", "metrics.during_training=false",
+                                         "dataset.num_workers=0", "train.batch_size=4", "train.steps=2"],
+                      base=TINY_MODEL, via="cli")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
@@ -231,7 +223,7 @@ def test_trains_on_a_celeba_folder_of_jpegs_from_the_cli(tmp_path):
     (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], "device"),
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, message):
-    proc = run_cli(TINY_MODEL + ["train.steps=1", f"hydra.run.dir={tmp_path / 'run'}"] + args, cwd=tmp_path)
+    proc = train_tiny(tmp_path / "run", ["train.steps=1", *args], base=TINY_MODEL, via="cli")
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -250,7 +242,7 @@ def test_bad_input_fails_cleanly(tmp_path, args, message):
 def test_bad_layout_and_batch_keys_are_one_line_user_errors(tmp_path, args, message):
     """(The CLI prints any UserError as one line without a traceback: test_bad_input_fails_cleanly.)"""
     with pytest.raises(UserError) as info:
-        _train(tmp_path, ["train.steps=1"] + args, base=TINY_MODEL)
+        train_tiny(tmp_path / "run", ["train.steps=1"] + args, base=TINY_MODEL)
     assert message in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -270,7 +262,7 @@ def test_multirun_sweeps_variants(tmp_path):
 
 def _tiny_iteration(g_batch_size):
     from sngan.models import build_discriminator, build_generator
-    from sngan.step import gan_iteration
+    from sngan.training.step import gan_iteration
 
     torch.manual_seed(0)
     G = build_generator("cnn", resolution=16, z_dim=8, g_ch=16)
@@ -292,10 +284,11 @@ def test_g_batch_size_sets_the_fakes_of_the_generator_update_only():
 
 
 def test_g_batch_size_through_the_config(tmp_path):
-    _, default = _train(tmp_path, ["train.steps=2"] + FAST_LOG, name="default")
-    _, same = _train(tmp_path, ["train.steps=2", "train.g_batch_size=8"] + FAST_LOG, name="same")
-    _, double = _train(tmp_path, ["train.steps=2", "train.g_batch_size=16"] + FAST_LOG, name="double")
-    a, b, c = (_final_state(run)["G"] for run in (default, same, double))
+    default, same, double = tmp_path / "default", tmp_path / "same", tmp_path / "double"
+    train_tiny(default, ["train.steps=2"] + FAST_LOG)
+    train_tiny(same, ["train.steps=2", "train.g_batch_size=8"] + FAST_LOG)
+    train_tiny(double, ["train.steps=2", "train.g_batch_size=16"] + FAST_LOG)
+    a, b, c = (last_checkpoint(run)["G"] for run in (default, same, double))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
@@ -312,38 +305,39 @@ def _drop_saved_keys(ckpt, *keys: str) -> None:
 def test_a_checkpoint_from_before_the_layout_keys_resumes_as_paper_table(tmp_path):
     """Configs saved before model.layout / init / leaky_slope / train.g_batch_size existed count them
     as their defaults: the run continues bit-identical to one that had them all along."""
-    from test_resume import assert_identical
-
-    _, straight = _train(tmp_path, ["train.steps=4", "optim.lr_decay=linear"] + FAST_LOG, name="straight")
-    _, old = _train(tmp_path, ["train.steps=4", "optim.lr_decay=linear", "ckpt.every=2"] + FAST_LOG[:2], name="old")
+    straight, old = tmp_path / "straight", tmp_path / "old"
+    train_tiny(straight, ["train.steps=4", "optim.lr_decay=linear"] + FAST_LOG)
+    train_tiny(old, ["train.steps=4", "optim.lr_decay=linear", "ckpt.every=2"] + NO_SAMPLES)
     ckpt = old / "checkpoints" / "step_0000002.pt"
     _drop_saved_keys(ckpt, "model.layout", "model.init", "model.leaky_slope", "train.g_batch_size")
-    cfg = compose_config(TINY + ["train.steps=4", "optim.lr_decay=linear"] + FAST_LOG + [f"resume={ckpt}"])
-    train(cfg, tmp_path / "forked", overrides=[f"resume={ckpt}"])
-    assert_identical(_final_state(tmp_path / "forked"), _final_state(straight))
+    train_tiny(tmp_path / "forked", ["train.steps=4", "optim.lr_decay=linear"] + FAST_LOG + [f"resume={ckpt}"],
+               command_line=[f"resume={ckpt}"])
+    assert_identical(last_checkpoint(tmp_path / "forked"), last_checkpoint(straight))
 
 
 def test_setting_a_key_the_old_checkpoint_lacks_is_refused_on_resume(tmp_path):
     """The run trained as the key's default; an override by name would change it unnoticed."""
-    _, run = _train(tmp_path, ["train.steps=2"] + FAST_LOG, name="old")
+    run = tmp_path / "old"
+    train_tiny(run, ["train.steps=2"] + FAST_LOG)
     ckpt = run / "checkpoints" / "last.pt"
     _drop_saved_keys(ckpt, "model.leaky_slope")
     before = ckpt.read_bytes()
     overrides = [f"resume={ckpt}", "train.steps=3", "model.leaky_slope=0.2"]
     with pytest.raises(UserError, match=r"predates model.leaky_slope .*drop those overrides"):
-        train(compose_config(TINY + FAST_LOG + overrides), tmp_path / "forked", overrides=overrides)
+        train_tiny(tmp_path / "forked", FAST_LOG + overrides, command_line=overrides)
     assert ckpt.read_bytes() == before
 
 
 def test_an_old_resnet_checkpoint_without_the_keys_loads_and_resumes(tmp_path):
     """Forked from a command whose model group differs, the saved config keeps no model.layout at all."""
-    from sngan.train import restore_models
+    from sngan.models import restore_models
 
-    _, run = _train(tmp_path, ["model=resnet", "model.g_ch=16", "train.steps=2"] + FAST_LOG, name="old")
+    run = tmp_path / "old"
+    train_tiny(run, ["model=resnet", "model.g_ch=16", "train.steps=2"] + FAST_LOG)
     ckpt = run / "checkpoints" / "last.pt"
     _drop_saved_keys(ckpt, "model.layout", "model.init", "model.upsample", "train.g_batch_size")
     _, G, D, _ = restore_models(checkpoint.load(ckpt), torch.device("cpu"))  # what sample/evaluate do
     assert D.layout == "paper_table" and D.fc.bias is not None and G.blocks[0].upsample == "nearest"
-    cfg = compose_config(TINY + ["train.steps=3"] + FAST_LOG + [f"resume={ckpt}"])
-    train(cfg, tmp_path / "forked", overrides=[f"resume={ckpt}", "train.steps=3"])
-    assert _final_state(tmp_path / "forked")["step"] == 3
+    train_tiny(tmp_path / "forked", ["train.steps=3"] + FAST_LOG + [f"resume={ckpt}"],
+               command_line=[f"resume={ckpt}", "train.steps=3"])
+    assert last_checkpoint(tmp_path / "forked")["step"] == 3

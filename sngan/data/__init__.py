@@ -21,12 +21,12 @@ from torch.utils.data import Dataset
 
 from sngan.data.real import CELEBA_CROP, celeba, cifar10, folder, stl10
 from sngan.data.synthetic import NUM_MODES, ShapesOracle, SyntheticShapes
-from sngan.errors import UserError
+from sngan.run.errors import UserError
 
 DATASETS = ("synthetic", "cifar10", "stl10", "celeba", "folder")
 DEFAULT_RESOLUTION = {"celeba": 64, "stl10": 48}  # else 32
 
-__all__ = ["DATASETS", "build_dataset", "NUM_MODES", "ShapesOracle", "SyntheticShapes"]
+__all__ = ["DATASETS", "build_dataset", "check_dataset_size", "NUM_MODES", "ShapesOracle", "SyntheticShapes"]
 
 _MISSING = object()
 
@@ -79,3 +79,11 @@ def build_dataset(cfg) -> Dataset:
             raise UserError(f"dataset.crop={crop} must be a positive number of pixels")
         return celeba(_root(cfg), resolution, crop)
     return folder(_root(cfg), resolution)
+
+
+def check_dataset_size(dataset: Dataset, batch_size: int, root: str | None = None) -> None:
+    """A data set holds at least one batch (known once it is read: real data sets are on disk)."""
+    if len(dataset) < batch_size:
+        where = f" in dataset.root={root}" if root else ""
+        raise UserError(f"train.batch_size must be at most the data set's {len(dataset)} images{where}, "
+                        f"got {batch_size}; lower it or add images")

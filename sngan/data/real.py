@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from sngan.errors import UserError
+from sngan.run.errors import UserError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"

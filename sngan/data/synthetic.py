@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sngan.errors import UserError
+from sngan.run.errors import UserError
 
 SHAPES = ("ring", "triangle", "plus", "cross")
 COLOURS = {

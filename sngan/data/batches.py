@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from sngan.errors import UserError
+from sngan.run.errors import UserError
 
 
 class _EpochOrder(Sampler[int]):

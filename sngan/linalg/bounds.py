@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sngan.operators import CONVS, TRANSPOSED_CONVS, input_shape, linear_map
+from sngan.linalg.operators import CONVS, TRANSPOSED_CONVS, input_shape, linear_map
 
 # Floating-point safety: the autocorrelation, the FFT and the factorisations run in float64 (relative
 # errors ~1e-12 at most at these sizes); the bound is widened by ROUNDING, the certificates by MARGIN.

@@ -1,5 +1,5 @@
 """Published SNGAN numbers that an experiment preset reproduces, each with the protocol it was
-measured with (sngan.metrics.PROTOCOLS) and where it was printed.
+measured with (sngan.diagnostics.metrics.PROTOCOLS) and where it was printed.
 
 The values are the printed text (mean ± std; Table 2's ResNet std is over training seeds).
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Published:
     source: str      # where the numbers are printed, and which row
-    protocol: str    # the sample counts they were measured with (sngan.metrics.PROTOCOLS)
+    protocol: str    # the sample counts they were measured with (sngan.diagnostics.metrics.PROTOCOLS)
     isc: str         # Inception score as printed
     fid: str         # FID as printed
 

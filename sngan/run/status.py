@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sngan.checkpoint import atomic_write_text
+from sngan.run.checkpoint import atomic_write_text
 
 STATUS_FILE = "status.json"
 

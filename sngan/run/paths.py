@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from sngan.errors import UserError, describe_os_error
+from sngan.run.errors import UserError, describe_os_error
 
 
 def _file_above(path: Path) -> Path | None:

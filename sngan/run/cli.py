@@ -9,7 +9,7 @@ import os
 import sys
 
 from sngan.config import Spec
-from sngan.errors import UserError
+from sngan.run.errors import UserError
 
 
 def parse_args(argv: list[str], options: dict[str, tuple[str | None, str, Spec | None]], usage: str,

@@ -9,7 +9,6 @@ old file or the new one, never a torn one.
 
 from __future__ import annotations
 
-import copy
 import os
 import random
 import re
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from sngan.errors import UserError
+from sngan.config import upgrade
+from sngan.run.errors import UserError
 
 FORMAT = "sngan-checkpoint-v1"
 LAST = "last.pt"
@@ -109,6 +108,7 @@ def snapshots(ckpt_dir: Path) -> list[Path]:
 # What a checkpoint must hold to give its models (sample, evaluate, audit), and to resume its run.
 MODEL_KEYS = ("step", "config", "G", "D", "G_ema")
 RESUME_KEYS = MODEL_KEYS + ("opt_g", "opt_d", "sched_g", "sched_d", "rng", "data")
+ADDED_SINCE = "config_keys_added_since"  # set on reading: the config keys the file predates
 
 
 def other_snapshot(path: Path) -> str:
@@ -143,6 +143,8 @@ def check_state(state, path: Path, need: tuple[str, ...] = MODEL_KEYS) -> dict:
         missing = ["config"]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)} (a damaged or edited checkpoint); {other_snapshot(path)}")
+    if isinstance(state.get("config"), dict):  # keys added since it was written, as their absence meant
+        state[ADDED_SINCE] = upgrade(state["config"])
     return state
 
 
@@ -164,12 +166,6 @@ def holds_run(run_dir: Path) -> bool:
     return (ckpt_dir / LAST).exists() or bool(ckpt_dir.is_dir() and snapshots(ckpt_dir))
 
 
-# Config keys a resume may change: they do not change the maths of the run.
-RESUMABLE_CHANGES = ("train.steps", "log", "ckpt", "device", "resume", "dataset.num_workers", "dataset.root",
-                     "dataset.download", "train.amp", "train.compile", "train.channels_last",
-                     "train.cudnn_benchmark", "train.cuda_graph", "train.deterministic")
-
-
 def locate(target: str | Path) -> Path:
     """The checkpoint a path names: a file itself, or a run folder's checkpoints/last.pt."""
     target = Path(str(target)).expanduser()
@@ -185,121 +181,3 @@ def locate(target: str | Path) -> Path:
     raise UserError(f"{target} does not exist")
 
 
-def find_resume_checkpoint(resume, run_dir: Path) -> Path | None:
-    """None for a fresh run; else the checkpoint that `resume` names: `true` (this run folder's),
-    `auto` (this run folder's if it holds one, else None: a fresh run), a run folder or a file."""
-    if resume is False or resume is None or resume == "false":
-        return None
-    if resume == "auto":
-        ckpt_dir = Path(run_dir) / "checkpoints"
-        if (ckpt_dir / LAST).exists():
-            return ckpt_dir / LAST
-        found = snapshots(ckpt_dir) if ckpt_dir.is_dir() else []
-        return found[-1] if found else None  # killed between its first snapshot and last.pt
-    target = run_dir if resume is True or resume == "true" else resume
-    try:
-        return locate(target)
-    except UserError as e:
-        shown = str(resume).lower() if isinstance(resume, bool) else resume
-        raise UserError(f"resume={shown}: nothing to resume: {e}; run without resume to start fresh") from None
-
-
-def _flatten(tree, prefix: str = "") -> dict:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ between two resolved configs, ignoring RESUMABLE_CHANGES. A key the
-    saved config lacks (added since) counts as its default: it is not a difference."""
-    a, b = _flatten(saved), _flatten(current)
-    return sorted(k for k in a if not resumable(k, a) and a.get(k) != b.get(k))
-
-
-def resumable(key: str, saved_flat: dict) -> bool:
-    if saved_flat.get("optim.lr_decay") == "linear" and key == "train.steps":
-        return False  # the schedule runs to train.steps: part of the maths
-    return any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
-
-
-# What a command-line override touches: a key and the keys below it; a config group the keys of
-# its files (an experiment may touch anything).
-_GROUP_KEYS = {"optim": ("optim", "train.n_dis"), "experiment": ("",)}
-
-
-def _override_names(overrides: list[str]) -> list[str]:
-    return [item.split("=", 1)[0].lstrip("+~") for item in overrides]
-
-
-def _overridden(key: str, overrides: list[str]) -> bool:
-    for name in _override_names(overrides):
-        for prefix in _GROUP_KEYS.get(name, (name,)):
-            if prefix == "" or key == prefix or key.startswith(prefix + "."):
-                return True
-    return False
-
-
-def _named(key: str, overrides: list[str]) -> bool:
-    """The command line sets `key` (or a key above it) by name, not through a config group."""
-    return any(key == name or key.startswith(name + ".")
-               for name in _override_names(overrides) if name not in _GROUP_KEYS)
-
-
-_THIS_COMMAND = ("resume", "device")  # belong to the command at hand, not to the run
-
-
-def resume_config(saved: dict, current: DictConfig, overrides: list[str] | None, source: Path) -> DictConfig:
-    """The config a resumed run continues with: the saved run's, plus the resumable keys the command
-    line set. A command-line override of any other key that differs from the saved run is refused,
-    naming the keys. `overrides` None (a direct caller): every key of `current` counts as set."""
-    current_dict = OmegaConf.to_container(current, resolve=True)
-    differing = config_differences(saved, current_dict)
-    refused = differing if overrides is None else [k for k in differing if _overridden(k, overrides)]
-    if refused:
-        raise UserError(f"cannot resume {source}: these settings differ from the saved run: {', '.join(refused)} "
-                        f"(a resume takes the saved run's config; only {', '.join(RESUMABLE_CHANGES)} may "
-                        "change: drop those overrides, or start a new run)")
-    # A key added since the checkpoint was written: the run trained as it did before the key existed
-    # (its default). Setting it by name on the command line would change the maths unnoticed.
-    saved_flat = _flatten(saved)
-    if overrides is not None:
-        added = [k for k in _flatten(current_dict)
-                 if k not in saved_flat and not resumable(k, saved_flat) and _named(k, overrides)]
-        if added:
-            raise UserError(f"cannot resume {source}: the saved run predates {', '.join(added)} and trained "
-                            "without them (as their defaults): drop those overrides, or start a new run")
-    # Keys added since the checkpoint was written take today's defaults: fill them in from `current`,
-    # except inside a config group that chose another option (its keys are that option's).
-    defaults = copy.deepcopy(current_dict)
-    for group in ("variant", "dataset", "model", "loss"):
-        if isinstance(saved.get(group), dict) and saved[group].get("name") != defaults.get(group, {}).get("name"):
-            defaults[group] = {}
-    merged = OmegaConf.merge(OmegaConf.create(defaults), saved)
-    for key, value in _flatten(current_dict).items():
-        if resumable(key, saved_flat) and (overrides is None or _overridden(key, overrides) or key in _THIS_COMMAND):
-            OmegaConf.update(merged, key, value, merge=False)
-    OmegaConf.set_struct(merged, True)
-    return merged
-
-
-def load_for_resume(path: Path, warn) -> tuple[dict, Path]:
-    """Load the checkpoint to resume from; if a damaged last.pt has good snapshots beside it, fall
-    back to the newest of them (reported through `warn`). Returns (state, the file it came from)."""
-    path = Path(path)
-    try:
-        return load(path, need=RESUME_KEYS), path
-    except UserError as error:
-        if path.name != LAST:
-            raise
-        for snapshot in reversed(snapshots(path.parent)):
-            try:
-                state = load(snapshot, need=RESUME_KEYS)
-            except UserError:
-                continue
-            warn(f"{error}; resuming from the newest good snapshot {snapshot.name} instead")
-            return state, snapshot
-        raise

@@ -13,7 +13,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from sngan.losses import d_loss, g_loss
+from sngan.run.errors import RunDiverged
+from sngan.training import distributed
+from sngan.training.losses import d_loss, g_loss
 
 
 class Iteration(NamedTuple):
@@ -89,3 +91,11 @@ def gan_iteration(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
     opt_g.step()
     D.requires_grad_(True)
     return Iteration(loss_d, loss_g, real_logits, fake_logits, real, fake)
+
+
+def check_finite(finite: Tensor, step: int, it: Iteration, ctx: distributed.Context) -> None:
+    """Raise RunDiverged unless every loss so far was finite on every rank. `finite` is accumulated
+    on the device and read here, at log and checkpoint steps only (a read waits for the device)."""
+    if not distributed.all_true(finite, ctx):
+        raise RunDiverged(f"non-finite loss by step {step} (loss/d={it.loss_d.item()}, "
+                          f"loss/g={it.loss_g.item()}); the last good checkpoint is kept", step=step)

@@ -16,8 +16,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sngan.config import check_config
-from sngan.errors import UserError
-from sngan.paths import writable_folder
+from sngan.run.errors import UserError
+from sngan.run.paths import writable_folder
 
 
 def _refuse(error: UserError) -> None:

@@ -10,11 +10,16 @@ run goes on with). Tools read them as before (scripts/compare_variants.py).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sngan.checkpoint import atomic_write_text
+from sngan.run.checkpoint import atomic_write_text, holds_run
+from sngan.run.info import console_only
+from sngan.run.status import write_status
+
+log = logging.getLogger("sngan.train")
 
 RECORDS = ".hydra"
 
@@ -28,3 +33,29 @@ def write_records(run_dir: Path, cfg: DictConfig, hydra_root: DictConfig) -> Non
     atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
     atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_root))
     atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_root.hydra.overrides.task))
+
+
+class CommandRecords:
+    """What one training command leaves in its run folder: the `.hydra/` records once its checks
+    have passed (`ready`), and, for a new run only, why it failed (`failed`: status.json and the
+    records, so that a sweep's report lists the job). A folder that already holds a run keeps its
+    records as they were: the failure goes to the console alone. `writes`: this process keeps the
+    run folder (rank 0)."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, hydra_root: DictConfig, writes: bool):
+        self.run_dir, self.cfg, self.hydra_root, self.writes = run_dir, cfg, hydra_root, writes
+        self.new_run = not holds_run(run_dir)
+        self.written = False
+
+    def ready(self, final_cfg: DictConfig) -> None:
+        write_records(self.run_dir, final_cfg, self.hydra_root)
+        self.written = True
+
+    def failed(self, reason: str, exc_info: bool = False) -> None:
+        if not (self.writes and self.new_run):
+            console_only(logging.ERROR, reason)
+            return
+        log.error("%s", reason, exc_info=exc_info)
+        write_status(self.run_dir, "failed", reason=reason)
+        if not self.written:
+            write_records(self.run_dir, self.cfg, self.hydra_root)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sngan.errors import UserError
+from sngan.run.errors import UserError
 
 
 def _holder(fd: int) -> str:

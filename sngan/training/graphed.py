@@ -7,7 +7,7 @@ launches them all at once. What the capture needs, and how it is met here:
   buffers and optimizer states are updated in place (Adam with capturable=True, its learning rate a
   device tensor that the scheduler fills in place: sngan.train.build_optimizers).
 - No host synchronisation inside the iteration: losses and logits are only read at log steps, the
-  EMA is updated after the replay without reading its counter (sngan.ema).
+  EMA is updated after the replay without reading its counter (sngan.training.ema).
 - Random numbers: torch.randn inside the graph draws from the default CUDA generator; each replay
   advances the generator's offset as the eager iteration would, so a graphed run draws the same
   numbers as an eager one.
@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from sngan.step import Iteration
+from sngan.training.step import Iteration
 
 WARMUP_ITERATIONS = 3
 

@@ -1,4 +1,4 @@
-"""Tiny data sets written in the real on-disk formats, for tests (import with ``from fixtures import ...``).
+"""Tiny data sets written in the real on-disk formats, for tests (import with ``from datasets_on_disk import ...``).
 
 * write_cifar10: ``cifar-10-batches-py/`` with data_batch_1..5, test_batch, batches.meta as the
   Python 2 pickles (protocol 2) of the official cifar-10-python.tar.gz: dict keys and strings are

@@ -11,6 +11,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from sngan.config import KEYS, setting
+
+log = logging.getLogger("sngan.train")
+
 
 class ConsoleFormatter(logging.Formatter):
     """Plain messages on the console; WARNING and above say so (train.log keeps time and level)."""
@@ -55,22 +59,24 @@ def _millions(module: torch.nn.Module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M"
 
 
-SWITCHES = ("amp", "compile", "channels_last", "cuda_graph", "deterministic")  # shown when on
+# The resumable switches that are off unless asked for: the header names those that are on.
+SWITCHES = tuple(key.split(".")[1] for key, spec in KEYS.items()
+                 if key.startswith("train.") and spec.resumable and spec.has_default and spec.default is False)
 
 
 def header(cfg: DictConfig, run_dir: Path, G, D, device: torch.device, start: int) -> list[str]:
     t, o, res = cfg.train, cfg.optim, cfg.dataset.resolution
     where = f"resumed at step {start}" if start else "new run"
-    layout = cfg.model.get("layout") or "paper_table"
+    layout = setting(cfg, "model.layout")
     model = cfg.model.name + ("" if layout == "paper_table" else f" ({layout} layout)")
-    g_batch = f" ({t.g_batch_size} fakes per G update)" if t.get("g_batch_size") not in (None, t.batch_size) else ""
+    g_batch = f" ({t.g_batch_size} fakes per G update)" if t.g_batch_size not in (None, t.batch_size) else ""
     lines = [f"sngan run ({where}): {_shown(run_dir)}",
              f"  variant {cfg.variant.name} | data {cfg.dataset.name} {res}x{res} | model {model}: "
              f"G {_millions(G)}, D {_millions(D)} parameters | loss {cfg.loss.name} | seed {cfg.seed}",
              f"  {t.steps} steps, batch {t.batch_size}{g_batch}, n_dis {t.n_dis}, lr {o.lr:g}, "
              f"betas ({o.beta1:g}, {o.beta2:g})"
              f" | {device}, {_count(torch.get_num_threads(), 'thread')} (of {os.cpu_count()} cores)"
-             + "".join(f", train.{name}" for name in SWITCHES if t.get(name)),
+             + "".join(f", train.{name}" for name in SWITCHES if t[name]),
              f"  in the run folder: TensorBoard logs every {cfg.log.every} steps, checkpoints/ every "
              f"{cfg.ckpt.every}, samples/ every {cfg.log.sample_every}, train.log"]
     lines += [f"  {name + ':':13s}{command}" for name, command in commands(run_dir).items()]
@@ -85,3 +91,19 @@ def footer(step: int, final: dict[str, float], health_summary: str, run_dir: Pat
     lines = [f"done at step {step}: {numbers}", health_summary]
     lines += [f"  {name + ':':13s}{command}" for name, command in commands(run_dir).items()]
     return lines
+
+
+def hparams_of(cfg: DictConfig) -> dict:
+    """The settings shown in TensorBoard's HPARAMS tab."""
+    return {"variant": cfg.variant.name, "dataset": cfg.dataset.name, "model": cfg.model.name,
+            "loss": cfg.loss.name, "lr": float(cfg.optim.lr), "beta1": float(cfg.optim.beta1),
+            "beta2": float(cfg.optim.beta2), "n_dis": cfg.train.n_dis, "seed": cfg.seed,
+            "batch_size": cfg.train.batch_size, "layout": setting(cfg, "model.layout")}
+
+
+def console_only(level: int, message: str) -> None:
+    """Log on the console but not in the run folder's train.log."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.handle(record)

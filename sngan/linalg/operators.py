@@ -87,6 +87,28 @@ def top_singular_value(fn: LinearMap, weight: Tensor, shape: Sequence[int], *,
     return top_singular_pair(fn, weight, shape, max_iter=max_iter, tol=tol, seed=seed)[0]
 
 
+def _start_vector(start: Tensor | None, n: int, device: torch.device, seed: int) -> Tensor:
+    """Lanczos's first vector: `start` (a warm start) when it fits, else a random one from a private
+    generator (no global RNG state is consumed)."""
+    if start is not None and start.numel() == n and float(start.norm()) > 0:
+        return start.detach().to(device=device, dtype=torch.float64).reshape(-1).clone()
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=gen, dtype=torch.float64).to(device)
+
+
+def _top_ritz(alphas: list[Tensor], betas: list[Tensor]) -> tuple[float, Tensor, int, bool, float]:
+    """The top Ritz pair of the Lanczos tridiagonal so far, read back to the host once: (its value,
+    its vector in the Krylov basis, the basis size m it uses, whether an invariant subspace ended
+    the recurrence, its residual)."""
+    a, b = torch.stack(alphas).cpu(), torch.stack(betas).cpu()
+    # An invariant subspace (beta ~ 0) ends the recurrence where it appeared: the steps after it
+    # (between two tests) divided by ~0 and are discarded.
+    small = (b <= 1e-12 * a.abs().max().clamp_min(1e-300)).nonzero()
+    m = int(small[0]) + 1 if len(small) else len(alphas)
+    evals, evecs = torch.linalg.eigh(torch.diag(a[:m]) + torch.diag(b[:m - 1], 1) + torch.diag(b[:m - 1], -1))
+    return float(evals[-1]), evecs[:, -1], m, bool(len(small)), float(b[m - 1] * evecs[-1, -1].abs())
+
+
 def top_singular_pair(fn: LinearMap, weight: Tensor, shape: Sequence[int], *, max_iter: int = 1000,
                       tol: float = 1e-6, seed: int = 0, start: Tensor | None = None,
                       matvec_dtype: torch.dtype = torch.float64,
@@ -113,11 +135,7 @@ def top_singular_pair(fn: LinearMap, weight: Tensor, shape: Sequence[int], *, ma
     for s in shape:
         n *= int(s)
     restart = min(n, 120)
-    if start is not None and start.numel() == n and float(start.norm()) > 0:
-        q = start.detach().to(device=weight.device, dtype=torch.float64).reshape(-1).clone()
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        q = torch.randn(n, generator=gen, dtype=torch.float64).to(weight.device)
+    q = _start_vector(start, n, weight.device, seed)
 
     def matvec(v: Tensor) -> Tensor:
         return gram_apply(fn, weight, v.view(shape).to(matvec_dtype)).reshape(-1).to(torch.float64)
@@ -139,16 +157,9 @@ def top_singular_pair(fn: LinearMap, weight: Tensor, shape: Sequence[int], *, ma
             betas.append(beta)
             last = used >= max_iter or k == restart - 1
             if (k + 1) % check_every == 0 or last:
-                a, b = torch.stack(alphas).cpu(), torch.stack(betas).cpu()  # one host read per test
-                # An invariant subspace (beta ~ 0) ends the recurrence where it appeared: the
-                # steps after it (between two tests) divided by ~0 and are discarded.
-                small = (b <= 1e-12 * a.abs().max().clamp_min(1e-300)).nonzero()
-                m = int(small[0]) + 1 if len(small) else k + 1
-                evals, evecs = torch.linalg.eigh(torch.diag(a[:m]) + torch.diag(b[:m - 1], 1)
-                                                 + torch.diag(b[:m - 1], -1))
-                theta = float(evals[-1])
-                ritz = evecs[:, -1].to(basis.device)
-                if len(small) or float(b[m - 1] * evecs[-1, -1].abs()) <= tol * abs(theta):
+                theta, ritz, m, invariant, residual = _top_ritz(alphas, betas)
+                ritz = ritz.to(basis.device)
+                if invariant or residual <= tol * abs(theta):
                     return max(theta, 0.0) ** 0.5, basis[:m].T @ ritz
                 if last:
                     break

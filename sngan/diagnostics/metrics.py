@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from sngan.errors import UserError
-from sngan.monitor import eval_mode
+from sngan.run.errors import UserError
+from sngan.diagnostics.monitor import eval_mode
 
 DEFAULT_FEATURE_EXTRACTOR = "inception-v3-compat"
 
@@ -136,6 +136,23 @@ def fidelity_metrics(G: nn.Module, real: Dataset, *, n: int, cache_name: str, ca
     return {"fid": float(result["frechet_inception_distance"]),
             "isc": float(result["inception_score_mean"]),
             "kid": float(result["kernel_inception_distance_mean"])}
+
+
+class RealDataMetrics:
+    """G -> FID/IS/KID scalars (`metrics/fid`, ...) of n samples against a real data set: the
+    trainer's periodic evaluation (its data set's statistics cached under cache_root)."""
+
+    def __init__(self, dataset: Dataset, *, dataset_name: str, root: str, resolution: int, n: int, cache_root: Path,
+                 device: torch.device, feature_extractor: str, weights: str | None, seed: int):
+        self.dataset, self.n, self.cache_root, self.device, self.seed = dataset, n, cache_root, device, seed
+        self.feature_extractor, self.weights = feature_extractor, weights
+        self.cache_name = real_stats_cache_name(dataset_name, root, resolution, feature_extractor)
+
+    def __call__(self, G: nn.Module) -> dict[str, float]:
+        values = fidelity_metrics(G, self.dataset, n=self.n, cache_name=self.cache_name, cache_root=self.cache_root,
+                                  device=self.device, feature_extractor=self.feature_extractor, weights=self.weights,
+                                  seed=self.seed)
+        return {f"metrics/{k}": v for k, v in values.items()}
 
 
 def _calculate(G: nn.Module, device: torch.device, seed: int, feature_extractor: str, weights: str | None,
