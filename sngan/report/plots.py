@@ -168,6 +168,26 @@ def plot_run_folders(out: Path, rows: list[dict], scalars: dict) -> list[str]:
     return made + ["samples.png"]
 
 
+def plot_kaplan_meier(path: Path, curves: dict[str, list[tuple[int, float, float, float]]], n: dict[str, int],
+                      last_step: int) -> None:
+    """Kaplan-Meier curves of time to first collapse with their 95% pointwise intervals (shaded)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for variant, curve in curves.items():
+        steps = [0] + [t for t, _, _, _ in curve] + [last_step]
+        share = [1.0] + [s for _, s, _, _ in curve]
+        line = ax.step(steps, share + share[-1:], where="post", label=f"{variant} (n={n[variant]})")[0]
+        low = [1.0] + [lo if lo == lo else s for _, s, lo, _ in curve]
+        high = [1.0] + [hi if hi == hi else s for _, s, _, hi in curve]
+        ax.fill_between(steps, low + low[-1:], high + high[-1:], step="post", alpha=0.2, color=line.get_color())
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("share of runs not yet collapsed")
+    ax.set_title("confirmatory study: time to first collapse (95% CI)", fontsize=9)
+    ax.legend(fontsize=8)
+    _save(plt, fig, path)
+
+
 def plot_study(out: Path, groups: dict, curves: list[dict]) -> list[str]:
     """The plots the CSVs allow; returns their names."""
     plot_clean_rate_curves(out / "clean_rate_curves.png", groups, curves)

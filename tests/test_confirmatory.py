@@ -1,0 +1,117 @@
+"""The confirmatory study's statistics against cases worked by hand (a log-rank test with censoring,
+a Kaplan-Meier curve, Newcombe's published interval, an exact McNemar test), and its report
+section: no test before every registered run is in, the registered sentence after."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("scipy")
+
+from sngan.report.confirmatory import (CONFIRMATORY_SEEDS, Times, analyse, complete, kaplan_meier, logrank_greater,
+                                       mcnemar_exact, median_time, newcombe, times_of)
+from sngan.report.verdict import confirmatory_section
+
+
+def test_logrank_matches_a_hand_worked_example_with_censoring():
+    # a: collapses at 100 and 300, censored at 200; b: collapses at 200, censored twice at 400.
+    # Event times 100, 200, 300 (an event before a censoring at the same step: a's run censored at
+    # 200 is still at risk there):
+    #   100: at risk a 3, b 3; 1 event in a: E_a = 1/2,  V = 1 * 1/2 * 1/2 * 5/5 = 1/4
+    #   200: at risk a 2, b 3; 1 event in b: E_a = 2/5,  V = 1 * 2/5 * 3/5 * 4/4 = 6/25
+    #   300: at risk a 1, b 2; 1 event in a: E_a = 1/3,  V = 1 * 1/3 * 2/3 * 2/2 = 2/9
+    # O_a - E_a = 2 - 37/30 = 23/30; Z = (23/30) / sqrt(1/4 + 6/25 + 2/9); p = 1 - Phi(Z).
+    a = Times((100, 200, 300), (True, False, True))
+    b = Times((200, 400, 400), (True, False, False))
+    z = (23 / 30) / math.sqrt(1 / 4 + 6 / 25 + 2 / 9)
+    statistic, p = logrank_greater(a, b)
+    assert statistic == pytest.approx(z, rel=1e-12)
+    assert p == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=1e-12)
+    assert logrank_greater(b, a)[1] == pytest.approx(1 - p, rel=1e-12)  # the other direction
+
+
+def test_kaplan_meier_and_median_by_hand():
+    # Events at 100 and 300; censored at 200 and twice at 400: S = 4/5 after 100, 4/5 * 2/3 after 300.
+    curve = kaplan_meier(Times((100, 200, 300, 400, 400), (True, False, True, False, False)))
+    shares = {step: share for step, share, _, _ in curve}
+    assert shares[100] == pytest.approx(0.8) and shares[300] == pytest.approx(0.8 * 2 / 3)
+    assert all(low <= share <= high for _, share, low, high in curve)
+    assert median_time(curve) is None  # never at or below 1/2
+    assert median_time(kaplan_meier(Times((100, 200, 300), (True, True, False)))) == 200  # S: 2/3, 1/3
+    assert kaplan_meier(Times((1500, 1500), (False, False))) == []
+
+
+def test_newcombe_interval_matches_the_published_example():
+    # Newcombe (1998), Statistics in Medicine 17:873, Table II, 56/70 against 48/80, method 10.
+    d, low, high = newcombe(56, 70, 48, 80)
+    assert d == pytest.approx(0.2)
+    assert (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
+
+
+def test_mcnemar_exact_on_discordant_pairs():
+    pairs = [(True, False)] * 5 + [(False, True)] + [(True, True)] * 3 + [(False, False)] * 7
+    assert mcnemar_exact(pairs) == (5, 1, pytest.approx(7 / 64))  # P(X >= 5), X ~ Bin(6, 1/2)
+    assert mcnemar_exact([(True, True), (False, False)]) == (0, 0, 1.0)
+
+
+def _row(variant, seed, collapse_step=None, status="ok", last_step=1500, reason=""):
+    return {"variant": variant, "seed": seed, "collapsed": collapse_step is not None, "collapse_step": collapse_step,
+            "status": status, "last_step": last_step, "reason": reason}
+
+
+def test_times_censor_runs_that_never_collapsed_and_divergence_is_a_sensitivity_choice():
+    rows = [_row("naive", 16, 700), _row("naive", 17), _row("naive", 18, status="diverged", last_step=900),
+            _row("naive", 19, status="incomplete", last_step=300)]
+    assert times_of(rows) == Times((700, 1500, 900), (True, False, False))
+    assert times_of(rows, divergence_is_collapse=True) == Times((700, 1500, 900), (True, False, True))
+
+
+def _study(naive_collapses: dict[int, int], reshaped_collapses: dict[int, int]) -> list[dict]:
+    return ([_row("naive", s, naive_collapses.get(s)) for s in CONFIRMATORY_SEEDS]
+            + [_row("reshaped", s, reshaped_collapses.get(s)) for s in CONFIRMATORY_SEEDS]
+            + [_row("naive", s, 700 if s < 7 else None) for s in range(16)]
+            + [_row("reshaped", s, 1400 if s < 3 else None) for s in range(16)])
+
+
+def test_no_test_before_every_registered_run_is_in():
+    rows = _study({16: 500}, {})
+    partial = [r for r in rows if not (r["variant"] == "reshaped" and r["seed"] == 47)]
+    assert not complete(partial)
+    text = "\n".join(confirmatory_section(partial, []))
+    assert "In progress: 63 of 64 runs finished" in text and "log-rank" in text.split("In progress")[0]
+    assert "p = " not in text
+    failed = partial + [_row("reshaped", 47, status="failed", last_step=0, reason="machine lost")]
+    assert complete(failed)
+    assert "reshaped seed 47: failed: machine lost" in "\n".join(confirmatory_section(failed, []))
+
+
+def test_the_registered_sentence_for_each_outcome():
+    sooner = _study({s: 600 for s in range(16, 32)}, {s: 1400 for s in range(16, 20)})
+    result = analyse(sooner)
+    assert result["logrank"][1] < 0.05 and result["medians"] == {"naive": 600, "reshaped": None}  # S(600) = 1/2
+    text = "\n".join(confirmatory_section(sooner, ["km.png"]))
+    assert "**Yes. In a pre-registered study of 32 new seeds per variant" in text
+    assert "16 of 32 `naive` runs had collapsed by step 1500 against 4 of 32 `reshaped` runs" in text
+    assert "pooled across a look already taken" in text and "![time to first collapse](km.png)" in text
+
+    same = _study({s: 900 for s in range(16, 22)}, {s: 900 for s in range(30, 36)})
+    assert analyse(same)["logrank"][1] > 0.05
+    text = "\n".join(confirmatory_section(same, []))
+    assert "**The data do not show it." in text and "probability of 0.83" in text
+
+
+def test_the_report_keeps_the_exploratory_tables_apart_and_plots_the_curves_once_complete(tmp_path):
+    from sngan.report.document import KAPLAN_MEIER, write_report
+
+    columns = {"steps": 1500, "best_clean_rate": 0.4, "final_clean_rate": 0.3, "final_modes_covered": 8,
+               "max_sigma_matrix": 1.0, "max_lipschitz_bound": 50.0, "first_warning_step": None,
+               "first_worsening_step": None, "optim": "E", "run": ""}
+    rows = [{**columns, **r} for r in _study({s: 600 for s in range(16, 32)}, {})]
+    partial = rows[1:]  # naive seed 16 not in yet
+    text = write_report(partial, [], tmp_path / "partial").read_text()
+    assert "32 runs (seeds 0-15" in text and not (tmp_path / "partial" / KAPLAN_MEIER).exists()
+    text = write_report(rows, [], tmp_path / "complete").read_text()
+    assert (tmp_path / "complete" / KAPLAN_MEIER).is_file() and f"]({KAPLAN_MEIER})" in text
+    assert "| naive | 16 (16) |" in text  # the exploratory table: seeds 0-15 alone
