@@ -39,7 +39,7 @@ def checkpoint_rows(ckpt: str):
     from sngan.run import checkpoint
     from sngan.models import restore_models
 
-    path = checkpoint.locate(ckpt)
+    path = checkpoint.locate(ckpt, "--ckpt")
     cfg, _, D, _ = restore_models(checkpoint.load(path), torch.device("cpu"), source=path)
     res = cfg.dataset.resolution
     sizes = layer_input_sizes(D, (3, res, res), "cpu")

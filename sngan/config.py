@@ -501,15 +501,16 @@ MODEL_CONFIG_KEYS = ("variant.name", "dataset.name", "dataset.resolution", "mode
                      "model.g_ch", "model.d_ch", "train.ema_decay", "seed", "log.n_eval")
 
 
-def check_saved_config(tree: Mapping, source) -> None:
+def check_saved_config(tree: Mapping, source, next_step: str = "pass a checkpoint written by sngan.train") -> None:
     """A checkpoint's saved config: the keys that rebuild its models are there and valid (keys this
-    version does not know are left alone: a newer version may have written them)."""
+    version does not know are left alone: a newer version may have written them). `next_step`:
+    what the refusal tells the user to do instead."""
     values = flatten(tree)
     missing = [key for key in MODEL_CONFIG_KEYS if key not in values]
     if missing:
         raise UserError(f"{source}: its config lacks {', '.join(missing)} (a damaged or foreign checkpoint); "
-                        "pass a checkpoint written by sngan.train")
+                        f"{next_step}")
     try:
         check_values({k: v for k, v in values.items() if k in KEYS})
     except UserError as e:
-        raise UserError(f"{source}: its config is not usable: {e}") from None
+        raise UserError(f"{source}: its config is not usable: {e} (an edited checkpoint); {next_step}") from None

@@ -46,6 +46,10 @@ def place(tmp_path_factory):
     damaged_run = root / "damaged_run"  # a run whose last.pt lost its G: its snapshots are named instead
     shutil.copytree(run, damaged_run)
     torch.save(without_g, damaged_run / "checkpoints" / "last.pt")
+    ruined_run = root / "ruined_run"  # every checkpoint of the run damaged: it must start again
+    shutil.copytree(run, ruined_run)
+    for path in (ruined_run / "checkpoints").glob("*.pt"):
+        path.write_bytes(b"\x00garbage" * 100)
     (damaged / "empty.pt").write_bytes(b"")
     torch.save({"weights": torch.zeros(3)}, damaged / "foreign.pt")
 
@@ -61,7 +65,8 @@ def place(tmp_path_factory):
     (root / "weights.pth").write_bytes(BAD_IMAGE_WEIGHTS)
     (root / "log_is_a_folder" / "train.log").mkdir(parents=True)
     (root / "folder.png").mkdir()
-    return {"root": root, "run": run, "damaged": damaged, "damaged_run": damaged_run, "images": images, "few": few}
+    return {"root": root, "run": run, "damaged": damaged, "damaged_run": damaged_run, "ruined_run": ruined_run,
+            "images": images, "few": few}
 
 
 # (entry point, arguments, what the one line must name). {run}, {root}, {damaged}, {images},
@@ -116,11 +121,17 @@ CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
     ("train", ["resume=true", "variant=naive"], "variant.name"),
     ("train", ["resume=true", "optim.lr=0.5"], "optim.lr"),
     ("train", ["resume=true", "dataset.resolution=32"], "dataset.resolution"),
-    ("train", ["resume={root}/nonexistent"], "nothing to resume"),
+    ("train", ["resume={root}/nonexistent"], "does not exist; resume= takes a run folder (one holding "
+     "checkpoints/last.pt) or a checkpoint file; run without resume to start fresh"),
+    ("train", ["resume={run}", "model.d_ch=16", "hydra.run.dir={root}/fork_drift"],
+     "these settings differ from the saved run: model.d_ch"),  # a complete run: refused all the same
     ("train", ["train.cuda_graph=true", "device=cpu", "hydra.run.dir={root}/new6"],
      "train.cuda_graph=true needs a CUDA device (this run's is cpu); use train.cuda_graph=false"),
     ("train", ["resume=true", "train.cuda_graph=true", "device=cpu"], "train.cuda_graph=true needs a CUDA device"),
     ("train", ["resume={damaged}/garbage.pt", "hydra.run.dir={root}/fork_garbage"], "garbage.pt"),
+    ("train", ["resume={ruined_run}", "hydra.run.dir={root}/fork_ruined"],
+     "no readable snapshot is beside it in {ruined_run}/checkpoints: the run must start again, e.g. "
+     "python -m sngan.train"),
     ("train", ["resume={damaged}/without_g.pt", "hydra.run.dir={root}/fork_without_g"], "lacks G"),
     ("train", ["resume={damaged}/other_model.pt", "train.steps=4", "hydra.run.dir={root}/fork_other"],
      "G weights do not fit"),
@@ -140,8 +151,15 @@ CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
     ("train", ["hydra.run.dir={root}/log_is_a_folder"], "train.log"),
     # sngan.sample
     ("sample", [], "missing ckpt"),
-    ("sample", ["ckpt={root}/nonexistent"], "nonexistent"),
-    ("sample", ["ckpt={damaged}/garbage.pt"], "garbage.pt"),
+    ("sample", ["ckpt={root}/nonexistent"], "nonexistent does not exist; ckpt= takes a run folder (one holding "
+     "checkpoints/last.pt) or a checkpoint file"),
+    ("sample", ["ckpt={root}"], "run folder(s) below it: pass one, e.g. ckpt={root}/"),
+    ("sample", ["ckpt={images}"], "no checkpoint in {images} (expected checkpoints/last.pt); ckpt= takes"),
+    ("sample", ["ckpt={damaged}/garbage.pt"], "garbage.pt is not a readable checkpoint"),
+    ("sample", ["ckpt={damaged}/garbage.pt"], "no readable snapshot is beside it in {damaged}: the run must start "
+     "again, e.g. python -m sngan.train [the run's settings] hydra.run.dir=NEW_FOLDER"),
+    ("sample", ["ckpt={ruined_run}"], "the run must start again, e.g. python -m sngan.train "),
+    ("sample", ["ckpt={ruined_run}"], "hydra.run.dir={ruined_run}-again"),
     ("sample", ["ckpt={damaged}/empty.pt"], "empty.pt"),
     ("sample", ["ckpt={damaged}/foreign.pt"], "foreign.pt"),
     ("sample", ["ckpt={damaged}/without_g.pt"], "lacks G"),
@@ -160,6 +178,9 @@ CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
     # sngan.evaluate
     ("evaluate", ["ckpt={run}", "n=1"], "n must be"), ("evaluate", ["ckpt={run}", "seed=-2"], "seed"),
     ("evaluate", ["ckpt={damaged}/garbage.pt"], "garbage.pt"),
+    ("evaluate", ["ckpt={root}/nonexistent"], "does not exist; ckpt= takes a run folder"),
+    ("evaluate", ["ckpt={damaged}/without_g.pt"], "lacks G (a damaged or edited checkpoint); no readable snapshot "
+     "is beside it"),
     ("evaluate", ["ckpt={damaged}/without_config.pt"], "lacks config"),
     ("evaluate", ["ckpt={damaged_run}/checkpoints/last.pt"], "e.g. {damaged_run}/checkpoints/step_0000002.pt"),
     ("evaluate", ["ckpt={run}", "device=tpu"], "device"),

@@ -55,16 +55,20 @@ def test_a_full_disk_stops_a_new_run_and_a_resumed_one_keeping_the_last_checkpoi
     assert checkpoint.load(run / "checkpoints" / "last.pt", need=checkpoint.RESUME_KEYS)["step"] == 2
     _no_temporary_files(run)
 
-    # resumed, and the disk fills again at its first checkpoint: step 2 is still what is kept
+    # resumed (to a longer schedule), and the disk fills again at its first checkpoint: step 2 is
+    # still what is kept, and the folder's records still say how it was made
+    records = snapshot(run / ".hydra")
     _fail_the_nth_save(monkeypatch, 1)
-    code, printed, _ = train_tiny(run, ["resume=true"], base=[], via="main", capsys=capsys)
+    code, printed, _ = train_tiny(run, ["resume=true", "train.steps=8"], base=[], via="main", capsys=capsys)
     assert code == 2 and printed.strip().count("\n") == 0 and "(step 2) is intact" in printed
     assert last_checkpoint(run)["step"] == 2
+    assert snapshot(run / ".hydra") == records
     _no_temporary_files(run)
 
     monkeypatch.undo()  # space again: the run goes on from step 2 as if nothing had happened
     assert train_tiny(run, ["resume=true"], base=[], via="main")[0] == 0
     assert_identical(last_checkpoint(straight), last_checkpoint(run))
+    assert "resume=true" in (run / ".hydra" / "overrides.yaml").read_text()  # written once it had a checkpoint
 
 
 def test_a_read_only_file_system_mid_run_and_at_the_start(tmp_path, monkeypatch, capsys):

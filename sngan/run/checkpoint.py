@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sngan.config import upgrade
+from sngan.config import check_saved_config, upgrade
+from sngan.run.info import restart_command
 from sngan.run.errors import UserError
 
 FORMAT = "sngan-checkpoint-v1"
@@ -111,13 +112,26 @@ RESUME_KEYS = MODEL_KEYS + ("opt_g", "opt_d", "sched_g", "sched_d", "rng", "data
 ADDED_SINCE = "config_keys_added_since"  # set on reading: the config keys the file predates
 
 
-def other_snapshot(path: Path) -> str:
-    """What to pass instead of an unusable checkpoint: the newest other checkpoint beside it."""
+def other_snapshot(path: Path, need: tuple[str, ...] = MODEL_KEYS) -> str:
+    """What to pass instead of an unusable checkpoint: the newest other checkpoint beside it that
+    reads back whole, or, with none, that the run must start again and the command that does it."""
     path = Path(path)
-    others = [p for p in [*reversed(snapshots(path.parent)), path.parent / LAST] if p.is_file() and p != path]
-    if others:
-        return f"pass another snapshot of the run instead, e.g. {others[0]}"
-    return f"no other snapshot is beside it in {path.parent}"
+    for other in [*reversed(snapshots(path.parent)), path.parent / LAST]:
+        if other != path and other.is_file() and _usable(other, need):
+            return f"pass another snapshot of the run instead, e.g. {other}"
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    return (f"no readable snapshot is beside it in {path.parent}: the run must start again, e.g. "
+            f"{restart_command(run_dir)}")
+
+
+def _usable(path: Path, need: tuple[str, ...]) -> bool:
+    """`path` reads back as an sngan checkpoint holding `need` (quietly: a refusal's suggestion)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return False
+    return (isinstance(state, dict) and state.get("format") == FORMAT and all(key in state for key in need)
+            and isinstance(state.get("config"), dict))
 
 
 def load(path: Path, map_location="cpu", need: tuple[str, ...] = MODEL_KEYS) -> dict:
@@ -130,21 +144,23 @@ def load(path: Path, map_location="cpu", need: tuple[str, ...] = MODEL_KEYS) -> 
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated zip, not a torch file, ...
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        raise UserError(f"{path} is not a readable checkpoint ({reason}); {other_snapshot(path)}") from None
+        raise UserError(f"{path} is not a readable checkpoint ({reason}); {other_snapshot(path, need)}") from None
     return check_state(state, path, need)
 
 
 def check_state(state, path: Path, need: tuple[str, ...] = MODEL_KEYS) -> dict:
     """`state` (read from `path`) if it is an sngan checkpoint holding the entries `need` names."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not an sngan checkpoint; {other_snapshot(path)}")
+        raise UserError(f"{path} is not an sngan checkpoint; {other_snapshot(path, need)}")
     missing = [key for key in need if key not in state]
     if not missing and "config" in need and not isinstance(state["config"], dict):
         missing = ["config"]
     if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)} (a damaged or edited checkpoint); {other_snapshot(path)}")
-    if isinstance(state.get("config"), dict):  # keys added since it was written, as their absence meant
-        state[ADDED_SINCE] = upgrade(state["config"])
+        raise UserError(f"{path} lacks {', '.join(missing)} (a damaged or edited checkpoint); {other_snapshot(path, need)}")
+    if isinstance(state.get("config"), dict):
+        if "config" in need:
+            check_saved_config(state["config"], path, other_snapshot(path, need))
+        state[ADDED_SINCE] = upgrade(state["config"])  # keys added since it was written, as their absence meant
     return state
 
 
@@ -166,18 +182,25 @@ def holds_run(run_dir: Path) -> bool:
     return (ckpt_dir / LAST).exists() or bool(ckpt_dir.is_dir() and snapshots(ckpt_dir))
 
 
-def locate(target: str | Path) -> Path:
-    """The checkpoint a path names: a file itself, or a run folder's checkpoints/last.pt."""
+def locate(target: str | Path, arg: str = "ckpt=") -> Path:
+    """The checkpoint a path names: a file itself, or a run folder's checkpoints/last.pt. `arg`:
+    how the command takes the path (`ckpt=`, `resume=`, `--ckpt`), for the refusal's next step."""
     target = Path(str(target)).expanduser()
     if target.is_file():
         return target
+    takes = f"{arg} takes a run folder (one holding checkpoints/{LAST}) or a checkpoint file"
     if target.is_dir():
         ckpt = target / "checkpoints" / LAST if (target / "checkpoints").is_dir() else target / LAST
         if ckpt.is_file():
             return ckpt
-        raise UserError(f"no checkpoint in {target} (expected checkpoints/{LAST})")
+        runs = sorted(found.parent.parent for found in target.glob(f"*/checkpoints/{LAST}"))
+        if runs:  # a sweep's folder: its jobs are the runs
+            given = f"{arg}{runs[0]}" if arg.endswith("=") else f"{arg} {runs[0]}"
+            raise UserError(f"no checkpoint in {target} itself, but {len(runs)} run folder(s) below it: pass one, "
+                            f"e.g. {given}")
+        raise UserError(f"no checkpoint in {target} (expected checkpoints/{LAST}); {takes}")
     if target.exists():
-        raise UserError(f"{target} is neither a checkpoint file nor a run folder")
-    raise UserError(f"{target} does not exist")
+        raise UserError(f"{target} is neither a checkpoint file nor a run folder; {takes}")
+    raise UserError(f"{target} does not exist; {takes}")
 
 

@@ -19,7 +19,9 @@ def write_failure(error: OSError, run_dir: Path) -> UserError:
     else:
         kept, then = (f"the last checkpoint {found[0]} (step {found[1]}) is intact",
                       f"then continue with resume=true hydra.run.dir={run_dir}")
-    return UserError(f"cannot write {describe_os_error(error)}; {kept}: {write_error_fix(error)}, {then}")
+    # A writer that names no file (TensorBoard's thread, the log): the run folder is what filled up.
+    what = describe_os_error(error) if error.filename else f"into {run_dir} ({describe_os_error(error)})"
+    return UserError(f"cannot write {what}; {kept}: {write_error_fix(error)}, {then}")
 
 
 def quiet_write_errors_in_threads() -> None:

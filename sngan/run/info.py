@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sngan.config import KEYS, setting
 
@@ -49,6 +49,22 @@ def commands(run_dir: Path) -> dict[str, str]:
                       "   # [train.steps=N to lengthen]",
             "sample": f"python -m sngan.sample {ckpt} n=64 out=samples.png",
             "evaluate": f"python -m sngan.evaluate {ckpt}"}
+
+
+def restart_command(run_dir: Path | None) -> str:
+    """The command that trains a run again from scratch, in a new folder beside it: its own
+    overrides (.hydra/overrides.yaml) when the folder still has them."""
+    if run_dir is None:
+        return "python -m sngan.train [the run's settings] hydra.run.dir=NEW_FOLDER"
+    overrides = []
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(Path(run_dir) / ".hydra" / "overrides.yaml"))
+        overrides = [o for o in saved if isinstance(o, str) and not o.startswith(("resume=", "hydra.run.dir="))]
+    except Exception:  # no records, or unreadable ones: the command without the run's settings
+        pass
+    words = [shlex.quote(o) for o in overrides] or ["[the run's settings]"]
+    again = Path(str(run_dir).rstrip("/") + "-again")
+    return f"python -m sngan.train {' '.join(words)} {_hydra_arg('hydra.run.dir', again)}"
 
 
 def _count(n: int, noun: str) -> str:

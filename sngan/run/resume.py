@@ -51,7 +51,7 @@ def find_resume_checkpoint(resume, run_dir: Path) -> Path | None:
         return found[-1] if found else None  # killed between its first snapshot and last.pt
     target = run_dir if resume is True or resume == "true" else resume
     try:
-        return checkpoint.locate(target)
+        return checkpoint.locate(target, "resume=")
     except UserError as e:
         shown = str(resume).lower() if isinstance(resume, bool) else resume
         raise UserError(f"resume={shown}: nothing to resume: {e}; run without resume to start fresh") from None

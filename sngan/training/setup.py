@@ -8,6 +8,7 @@ import inspect
 import logging
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,7 +24,7 @@ from sngan.diagnostics.health import Health
 from sngan.diagnostics.metrics import RealDataMetrics, check_feature_extractor
 from sngan.diagnostics.monitor import Monitor, layer_input_sizes
 from sngan.models import build_models
-from sngan.run import info as runinfo
+from sngan.run import checkpoint, info as runinfo
 from sngan.run.errors import is_write_error
 from sngan.run.failures import write_failure
 from sngan.run.lock import run_lock
@@ -94,6 +95,7 @@ class Run:
     sample_G: nn.Module
     sample_metrics: Callable[[nn.Module], dict[str, float]] | None
     start: int
+    pending_records: Callable[[], None] | None = None  # a resume's .hydra/ records, after its first checkpoint
 
     @property
     def schedulers(self) -> tuple:
@@ -110,6 +112,9 @@ class Run:
     def save_checkpoint(self, step: int) -> None:
         save_checkpoint(self.run_dir, step, self.cfg, self.ctx, self.G, self.D, self.ema, self.optimizers,
                         self.stream, self.health)
+        if self.pending_records is not None:  # the folder now holds a checkpoint this config made
+            self.pending_records()
+            self.pending_records = None
 
 
 @contextmanager
@@ -159,9 +164,12 @@ def build_run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, devic
     start = 0
     if saved is not None:
         start = restore_training_state(saved, cfg, ctx, G, D, ema, optimizers, stream, health)
-    # Every check has passed: from here on the run writes into its folder.
-    if ctx.is_main and on_ready is not None:
-        on_ready(cfg)
+    # Every check has passed: from here on the run writes into its folder. A run continued in its own
+    # folder keeps the records its checkpoints were made with until it has written one of its own.
+    records = partial(on_ready, cfg) if ctx.is_main and on_ready is not None else None
+    if records is not None and not (saved is not None and checkpoint.holds_run(run_dir)):
+        records()
+        records = None
     if ctx.is_main:
         for line in runinfo.header(cfg, run_dir, G, D, device, start):
             log.info(line)
@@ -172,7 +180,7 @@ def build_run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, devic
     sample_metrics = real_metrics or (monitor.oracle_metrics if monitor is not None else None)
     iteration = Iterations(cfg, ctx, G, D, optimizers, stream, device, G_update, D_update)
     return Run(cfg, run_dir, device, ctx, G, D, ema, optimizers, stream, health, monitor, input_sizes, iteration,
-               sample_G, sample_metrics, start)
+               sample_G, sample_metrics, start, records)
 
 
 def check_device_settings(cfg: DictConfig, device: torch.device, ctx: distributed.Context) -> None:

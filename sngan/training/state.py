@@ -34,7 +34,7 @@ def restore_training_state(state: dict, cfg: DictConfig, ctx: distributed.Contex
         start = int(state["step"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise UserError(f"{source}: its training state does not fit the run ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:160]}); {checkpoint.other_snapshot(Path(source))}") from None
+                        f"{' '.join(str(e).split())[:160]}); {checkpoint.other_snapshot(Path(source), checkpoint.RESUME_KEYS)}") from None
     rngs = state.get("rng_ranks") or [state["rng"]]
     if ctx.rank < len(rngs):  # the same world size resumes exactly
         checkpoint.set_rng_state(rngs[ctx.rank])
