@@ -1,77 +1,84 @@
 """Audit any discriminator: what does its spectral normalization really bound?
 
     python -m sngan.audit pkg.models:Discriminator --input-shape 3,32,32 [--state-dict FILE] [--json]
+    python -m sngan.audit pkg.models:ProjectionD --input-shape 3,32,32 --label 3   # D(x, y)
     python -m sngan.audit model.pt --input-shape 3,32,32       # torch.save(model) of a whole module
     python -m sngan.audit outputs/synthetic-reshaped/<run>      # this project's run or checkpoint
 
-One eval-mode forward of zeros finds every Conv/ConvTranspose/Linear/Embedding layer's real input
-size; each layer then gets its reshaped-kernel sigma, a certified interval on its true operator
-norm on that input (sngan.sigma.operator_sigma_bounds), and the normalization it carries: torch's
-parametrization (`spectral_norm`), the legacy hook (`torch.nn.utils.spectral_norm`), one of this
-project's variants, none, or unknown (some other forward pre-hook or parametrization). The
-verdict: the product of the upper bounds (a certified bound on the Lipschitz constant when the
-network is a plain chain of these layers with 1-Lipschitz activations, no skip connections), and
-a warning for every layer normalized by its reshaped kernel whose operator norm is far above 1.
-Nothing is trained, no power iteration advances: the model is audited as it is.
+One eval-mode forward of zeros is watched at the functional level (sngan.diagnostics.forward_calls):
+every conv, transposed conv, linear, embedding and batch-norm call it makes is recorded with the
+weight it really received and its input size, named by the module that made it, whether the
+weight came from a plain parameter, a parametrization, a legacy hook, or a division written
+inside some forward. Each call then gets its reshaped-kernel sigma, a certified interval on its
+true operator norm (sngan.sigma.operator_sigma_bounds on the call's own weight and geometry),
+what is attached to its layer, and what the forward measurably did: effective weight = stored /
+reshaped sigma (reshaped-kernel SN), / operator norm, / something else, = stored (none), or
+unknown. Eval-mode BatchNorm is a per-channel gain; a class embedding's norm on one-hot inputs
+is its largest row norm. The verdict: the product of the upper bounds (a certified bound on the
+Lipschitz constant when the network is a plain chain of these layers with 1-Lipschitz
+activations, no skip connections), and a warning for every normalized layer whose operator norm
+is far above 1. No hook is added to the model, and its parameters, buffers and train/eval flags
+are put back after the forward: the model is audited as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
+import inspect
 import json
 import sys
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+import sngan.sigma
+from sngan.diagnostics import normalization_labels as labels
+from sngan.diagnostics.forward_calls import Call, Forward, record_forward, stored_weight
+from sngan.linalg.bounds import ROUNDING
+from sngan.linalg.calls import call_input_size, layer_of_call, self_padding
 from sngan.run import checkpoint
 from sngan.run.cli import ArgumentParser
 from sngan.run.errors import UserError
-from sngan.linalg.operators import SUPPORTED
-from sngan.sigma import effective_weight, matrix_sigma, operator_sigma_bounds
-from sngan.spectral import reshape_dim
+from sngan.sigma import matrix_sigma, operator_sigma_bounds
 
-FAR_ABOVE = 1.2  # an operator norm this far above the 1 that reshaped-kernel SN promises is flagged
+FAR_ABOVE = 1.2  # an operator norm this far above the 1 that a normalized layer promises is flagged
+NORMALIZATIONS = ("torch spectral_norm", "sngan reshaped", "sngan operator")  # attached, and divide in eval
+TORCHSCRIPT = ("is a TorchScript module: its forward runs compiled, where the audit cannot see the calls "
+               "it makes; audit the Python module it was scripted from (MODULE:NAME with --state-dict)")
 
 
 def load_model(target: str, state_dict: str | None) -> tuple[nn.Module, tuple[int, ...] | None]:
     """(the module, the input shape it was trained on when known) from an import path
     `pkg.module:Factory`, a file holding a whole pickled module, or this project's run/checkpoint."""
     if ":" in target and not Path(target).exists():
-        module_name, _, attr = target.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"cannot import {target}: {e}; give MODULE:NAME of a module class or factory "
-                            "importable from here (PYTHONPATH)") from None
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise UserError(f"{target}() returned a {type(model).__name__}, not a torch.nn.Module")
+        model = _from_factory(target)
         if state_dict:
-            try:
-                model.load_state_dict(torch.load(state_dict, map_location="cpu", weights_only=True))
-            except (OSError, RuntimeError, ValueError) as e:
-                raise UserError(f"cannot load --state-dict {state_dict} into {target}: "
-                                f"{str(e).splitlines()[0]}") from None
+            _load_state_dict(model, state_dict, target)
         return model, None
     path = Path(target)
     if not path.exists():
         raise UserError(f"{target} is neither an existing file or folder nor an import path MODULE:NAME")
+    if state_dict:
+        raise UserError(f"--state-dict applies to MODULE:NAME only: {target} holds its own weights (a whole "
+                        f"module or a run), so {state_dict} would be ignored; drop --state-dict, or give the "
+                        "module's class as MODULE:NAME")
     if path.is_dir():
         path = checkpoint.locate(path)
+    if _is_torchscript(path):
+        raise UserError(f"{path} {TORCHSCRIPT}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a TorchScript archive, garbage
-        try:
-            torch.jit.load(str(path), map_location="cpu")
-        except Exception:
-            raise UserError(f"{path} is not a readable torch file ({type(e).__name__}): save the whole "
-                            "module with torch.save(model, path), or give MODULE:NAME") from None
-        raise UserError(f"{path} is a TorchScript module, whose layers take no forward hooks: audit the "
-                        "Python module it was scripted from (MODULE:NAME with --state-dict)") from None
+    except Exception as e:  # garbage, a truncated file
+        raise UserError(f"{path} is not a readable torch file ({type(e).__name__}): save the whole "
+                        "module with torch.save(model, path), or give MODULE:NAME") from None
+    if isinstance(loaded, torch.jit.ScriptModule):
+        raise UserError(f"{path} {TORCHSCRIPT}")
     if isinstance(loaded, dict) and loaded.get("format") == checkpoint.FORMAT:  # this project's checkpoint
         from sngan.models import restore_models
 
@@ -83,82 +90,235 @@ def load_model(target: str, state_dict: str | None) -> tuple[nn.Module, tuple[in
     return loaded, None
 
 
-def normalization_of(layer: nn.Module) -> str:
-    """Which normalization the layer carries, as far as can be told from outside."""
-    if parametrize.is_parametrized(layer, "weight"):
-        kinds = {type(p).__name__ for p in layer.parametrizations.weight}
-        if "_SpectralNorm" in kinds:
-            return "torch spectral_norm (parametrization)"
-        if "_ReshapedSpectralNorm" in kinds:
-            return "sngan reshaped"
-        if "_OperatorSpectralNorm" in kinds:
-            return "sngan operator"
-        return f"unknown parametrization ({', '.join(sorted(kinds))})"
-    hooks = [type(h).__name__ for h in layer._forward_pre_hooks.values()]
-    if "SpectralNorm" in hooks:
-        return "torch spectral_norm (legacy hook)"
-    if "_NaiveSpectralNorm" in hooks:
-        return "sngan naive"
-    if hooks:
-        return f"unknown (forward pre-hook {', '.join(hooks)})"
-    return "none"
-
-
-def audit(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
-    """Per layer: input size, reshaped sigma, certified operator interval, normalization; and the verdict."""
-    sizes: dict[str, tuple[int, ...] | None] = {}
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, SUPPORTED)]
-    if not layers:
-        raise UserError("the model has no Conv, ConvTranspose, Linear or Embedding layer to audit")
-
-    def recorder(name: str):
-        def record(module, args) -> None:  # a pre-hook that returned a value would replace the input
-            sizes.setdefault(name, tuple(args[0].shape[2:]) if args[0].dim() > 2 else None)
-        return record
-
-    handles = [m.register_forward_pre_hook(recorder(name)) for name, m in layers]
-    model.eval()
+def _from_factory(target: str) -> nn.Module:
+    module_name, _, attr = target.partition(":")
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"cannot import {target}: {e}; give MODULE:NAME of a module class or factory "
+                        "importable from here (PYTHONPATH)") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{target}() returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip whose records include constants.pkl (as torch.load tells them)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(name.split("/")[-1] == "constants.pkl" for name in z.namelist())
+
+
+def _load_state_dict(model: nn.Module, path: str, target: str) -> None:
+    """Load `path` into `model`, strictly, or say in one line why not."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise UserError(f"cannot read --state-dict {path}: {e.strerror or e}") from None
+    except Exception as e:  # text, garbage, or pickled objects (a whole module) that weights_only refuses
+        raise UserError(f"--state-dict {path} is not a state dict ({type(e).__name__} reading it with "
+                        "weights_only=True): save model.state_dict() with torch.save; a whole pickled module "
+                        "is audited by giving its file as the model") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        what = (f"a dict whose values are not all tensors (keys: {', '.join(map(str, list(state)[:4]))})"
+                if isinstance(state, Mapping) else f"a {type(state).__name__}")
+        raise UserError(f"--state-dict {path} holds {what}, not a state dict: save model.state_dict()")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k} (saved {'x'.join(map(str, state[k].shape))}, model {'x'.join(map(str, own[k].shape))})"
+                for k in own if k in state and state[k].shape != own[k].shape]
+    problems = [f"{len(found)} {what} ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})"
+                for found, what in ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape"))
+                if found]
+    if problems:
+        raise UserError(f"--state-dict {path} does not fit {target}: keys {'; '.join(problems)}")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"cannot load --state-dict {path} into {target}: "
+                        + " ".join(str(e).split())) from None
+
+
+def forward_inputs(model: nn.Module, input_shape: tuple[int, ...], label: int | None) -> tuple:
+    """(zeros of one sample,) or (zeros, LongTensor([label])) for a D that takes a class label."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # a builtin forward: let the call itself tell
+        signature = None
+    if signature is not None:
+        params = list(signature.parameters.values())
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+        name = f"{type(model).__name__}.forward{signature}"
+        if label is not None and len(positional) < 2 and not varargs:
+            raise UserError(f"--label {label} given, but {name} takes no class label (no second argument)")
+        if label is None and len(positional) >= 2 and positional[1].default is inspect.Parameter.empty:
+            raise UserError(f"{name} needs a second argument: give --label N (a class index) to audit "
+                            "a conditional discriminator")
+    x = torch.zeros(1, *input_shape)
+    return (x,) if label is None else (x, torch.tensor([label]))
+
+
+def audit(model: nn.Module, input_shape: tuple[int, ...], label: int | None = None) -> dict:
+    """Per weight-using call of one forward: what it used and what that bounds; and the verdict."""
+    inputs = forward_inputs(model, input_shape, label)
+    try:
+        forward = record_forward(model, inputs)
     except Exception as e:
-        raise UserError(f"a forward of shape (1, {', '.join(map(str, input_shape))}) failed: "
-                        f"{type(e).__name__}: {str(e).splitlines()[0]}; check --input-shape") from None
-    finally:
-        for h in handles:
-            h.remove()
-    rows, product, warnings = [], 1.0, []
-    for name, layer in layers:
-        if name not in sizes:
-            continue  # not on the forward path
-        lower, upper = operator_sigma_bounds(layer, sizes[name])
-        norm = normalization_of(layer)
-        kind = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)  # not Parametrized*
-        row = {"layer": name, "type": kind.__name__, "input": list(sizes[name]) if sizes[name] else None,
-               "normalization": norm, "sigma_matrix": matrix_sigma(effective_weight(layer), reshape_dim(layer)),
-               "operator_lower": lower, "operator_upper": upper}
-        rows.append(row)
-        product *= upper
-        reshaped_sn = norm.startswith(("torch spectral_norm", "sngan reshaped", "sngan naive"))
-        if reshaped_sn and lower > FAR_ABOVE:
-            warnings.append(f"{name}: normalized by its reshaped kernel ({norm}), yet its operator norm on "
-                            f"{'x'.join(map(str, sizes[name] or ()))} inputs is at least {lower:.2f}")
-    return {"input_shape": list(input_shape), "layers": rows, "lipschitz_bound_upper": product,
-            "warnings": warnings}
+        with_label = "" if label is None else f" with label {label}"
+        raise UserError(f"a forward of shape (1, {', '.join(map(str, input_shape))}){with_label} failed: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; check --input-shape"
+                        + (" and --label" if label is not None else "")) from None
+    on_path = [c for c in forward.calls if c.on_input_path]
+    if not on_path:
+        raise UserError(f"the forward of {type(model).__name__} made no conv, linear, embedding or batch-norm "
+                        "call on its input: nothing to audit")
+    rows, seen = [], {}
+    for call in on_path:
+        rows.append(call_row(forward, call, seen))
+    product = 1.0
+    for r in rows:
+        product = None if product is None or r["operator_upper"] is None else product * r["operator_upper"]
+    internal = sorted({_name(forward, c) + f" ({c.op})" for c in forward.calls if not c.on_input_path})
+    return {"input_shape": list(input_shape), "label": label, "layers": rows, "lipschitz_bound_upper": product,
+            "internal_calls": internal, "whole_network": whole_network_bounds(model, input_shape, label),
+            "warnings": [w for r in rows for w in row_warnings(r)]}
+
+
+def _name(forward: Forward, call: Call) -> str:
+    if call.owner is None:
+        return "(no module)"
+    return forward.names.get(id(call.owner)) or type(call.owner).__name__
+
+
+def call_row(forward: Forward, call: Call, seen: dict) -> dict:
+    """One table row: the call's layer name (`name[2]` for a module's second call), its type,
+    input, attached normalization, measured behaviour, sigmas."""
+    name = _name(forward, call)
+    seen[name] = seen.get(name, 0) + 1
+    kind = type(call.owner).__name__ if call.owner is not None else call.op
+    if call.owner is not None and parametrize.is_parametrized(call.owner):
+        kind = type(call.owner).__bases__[0].__name__  # not Parametrized*
+    row = {"layer": name if seen[name] == 1 else f"{name}[{seen[name]}]", "type": kind, "call": call.op}
+    if call.op == "batch_norm":
+        row.update(_batch_norm_numbers(call))
+        row.update(normalization=attached_of(forward, call, False), behaviour=labels.NONE, stored=None,
+                   divisor=None)
+        return row
+    if call.op == "embedding":
+        row.update(_embedding_numbers(call))
+    else:
+        padder = self_padding(call.owner, call.op, call.options)
+        size = call_input_size(call.op, call.input_shape, call.weight, padder)
+        layer = layer_of_call(call.op, call.weight, call.options, padder)
+        lower, upper = operator_sigma_bounds(layer, size)
+        row.update(input=list(size) if size else None, operator_lower=lower, operator_upper=upper,
+                   sigma_matrix=matrix_sigma(call.weight, 1 if "transpose" in call.op else 0))
+    stored = stored_weight(forward, call)
+    category, measured, s = labels.behaviour(call.weight, stored, row["sigma_matrix"],
+                                             (row["operator_lower"], row["operator_upper"]))
+    row.update(normalization=attached_of(forward, call, s is not None), behaviour=category, measured=measured,
+               stored=stored[0] if stored else None, divisor=s)
+    return row
+
+
+def attached_of(forward: Forward, call: Call, divided: bool) -> str:
+    return labels.attached(call.owner, call.stack, forward.names, divided)
+
+
+def _embedding_numbers(call: Call) -> dict:
+    """A lookup is the map one_hot(index) -> one_hot @ W: on one-hot inputs its norm is W's largest
+    row norm; on the labels looked up, their rows' norms."""
+    rows = call.weight.detach().double().norm(dim=1)
+    largest = float(rows.max())
+    return {"input": None, "indices": call.options["indices"], "sigma_matrix": matrix_sigma(call.weight),
+            "operator_lower": largest * (1 - ROUNDING), "operator_upper": largest * (1 + ROUNDING),
+            "label_norm": max(float(rows[i]) for i in call.options["indices"])}
+
+
+def _batch_norm_numbers(call: Call) -> dict:
+    """Eval-mode BatchNorm is x -> gain * x + shift per channel, gain = gamma / sqrt(running_var + eps):
+    its Lipschitz constant is max |gain|. With batch statistics it is no fixed map (no bound)."""
+    var = call.options.get("running_var")
+    if call.options.get("training") or var is None:
+        return {"input": list(call.input_shape[2:]) or None, "sigma_matrix": None, "operator_lower": None,
+                "operator_upper": None, "measured": "batch statistics: no fixed map, no bound"}
+    gamma = call.weight if call.weight is not None else torch.ones_like(var)
+    gain = float((gamma.double().abs() / (var.double() + call.options.get("eps", 1e-5)).sqrt()).max())
+    return {"input": list(call.input_shape[2:]) or None, "sigma_matrix": gain, "operator_lower": gain * (1 - ROUNDING),
+            "operator_upper": gain * (1 + ROUNDING), "measured": "eval BatchNorm: per-channel gain"}
+
+
+def row_warnings(row: dict) -> list[str]:
+    """Warnings follow what the forward measurably did, not what a class is called."""
+    size = "x".join(map(str, row["input"] or ())) or "vector"
+    if row["operator_upper"] is None:
+        return [f"{row['layer']}: {row['measured']}: the product is no bound"]
+    if row["behaviour"] == labels.RESHAPED and row["operator_lower"] > FAR_ABOVE:
+        return [f"{row['layer']}: normalized by its reshaped kernel ({row['measured']}), yet its operator norm "
+                f"on {size} inputs is at least {row['operator_lower']:.2f}"]
+    if row["behaviour"] == labels.OTHER and row["operator_lower"] > FAR_ABOVE:
+        return [f"{row['layer']}: divided during the forward ({row['measured']}), yet its operator norm on "
+                f"{size} inputs is at least {row['operator_lower']:.2f}"]
+    if row["normalization"].startswith(NORMALIZATIONS) and row["behaviour"] in (labels.NONE, labels.UNKNOWN):
+        return [f"{row['layer']}: carries {row['normalization']}, yet its forward used a weight that is "
+                f"{row['measured']}"]
+    return []
+
+
+def whole_network_bounds(model: nn.Module, input_shape: tuple[int, ...], label: int | None) -> dict | None:
+    """The certified interval on the whole D's Lipschitz constant, through its graph, from
+    sngan.sigma.network_lipschitz_bounds(D, input_shape) when that exists (None otherwise)."""
+    bounds = getattr(sngan.sigma, "network_lipschitz_bounds", None)
+    if bounds is None:
+        return None
+    if label is not None:
+        return {"error": "not available for a discriminator that takes a label"}
+    try:
+        copied = copy.deepcopy(model)  # whatever that function registers or runs, the model stays as it is
+    except Exception as e:
+        return {"error": f"the model cannot be copied for it ({type(e).__name__})"}
+    try:
+        lower, upper = bounds(copied, input_shape)
+    except Exception as e:  # another module's limits must not end the audit: say what they were
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    return {"lower": float(lower), "upper": float(upper)}
 
 
 def report_text(result: dict) -> str:
-    lines = ["| layer | type | input | normalization | sigma/matrix | operator norm (certified) |",
-             "| --- | --- | --- | --- | ---: | --- |"]
+    lines = ["| layer | type | input | attached | measured (effective weight) | sigma/matrix | operator norm (certified) |",
+             "| --- | --- | --- | --- | --- | ---: | --- |"]
     for r in result["layers"]:
         shown = "x".join(map(str, r["input"])) if r["input"] else "vector"
-        lines.append(f"| {r['layer']} | {r['type']} | {shown} | {r['normalization']} | {r['sigma_matrix']:.4f} | "
-                     f"[{r['operator_lower']:.4f}, {r['operator_upper']:.4f}] |")
-    lines.append(f"\nProduct of the upper bounds: {result['lipschitz_bound_upper']:.4g} (a certified bound on the "
-                 "Lipschitz constant if the network is a plain chain of these layers with 1-Lipschitz "
-                 "activations; not for skip connections)")
+        if r["call"] == "embedding":
+            shown = "index " + ",".join(map(str, r["indices"]))
+        number = lambda v: "-" if v is None else f"{v:.4f}"
+        interval = "none" if r["operator_upper"] is None else f"[{r['operator_lower']:.4f}, {r['operator_upper']:.4f}]"
+        if "label_norm" in r:
+            interval += f" (row of the label: {r['label_norm']:.4f})"
+        lines.append(f"| {r['layer']} | {r['type']} | {shown} | {r['normalization']} | {r['measured']} | "
+                     f"{number(r['sigma_matrix'])} | {interval} |")
+    product = result["lipschitz_bound_upper"]
+    lines.append(f"\nProduct of the upper bounds: {'none' if product is None else f'{product:.4g}'} (a certified "
+                 "bound on the Lipschitz constant if the network is a plain chain of these layers with "
+                 "1-Lipschitz activations; not for skip connections or a projection head)")
+    lines += [whole_network_line(result["whole_network"])]
+    if result["internal_calls"]:
+        lines.append("Left out, as calls on the model's own state rather than on its input (e.g. a sigma "
+                     "estimate): " + ", ".join(result["internal_calls"]))
     lines += [f"WARNING: {w}" for w in result["warnings"]]
     return "\n".join(lines)
+
+
+def whole_network_line(whole: dict | None) -> str:
+    if whole is None:
+        return "whole D: no certified bound through its graph yet (sngan.sigma.network_lipschitz_bounds is absent)"
+    if "error" in whole:
+        return f"whole D: no certified Lipschitz interval ({whole['error']})"
+    return f"whole D: certified Lipschitz interval [{whole['lower']:.4g}, {whole['upper']:.4g}]"
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -171,6 +331,16 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _label(text: str) -> int:
+    try:
+        label = int(text)
+    except ValueError:
+        label = -1
+    if label < 0:
+        raise argparse.ArgumentTypeError(f"expected a class index (an integer >= 0), got {text!r}")
+    return label
+
+
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(prog="python -m sngan.audit", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,6 +348,8 @@ def main(argv: list[str] | None = None) -> None:
                                  "run folder / checkpoint")
     p.add_argument("--input-shape", type=_shape, help="one sample's shape, e.g. 3,32,32 (sngan runs: their own)")
     p.add_argument("--state-dict", help="with MODULE:NAME: weights to load into it")
+    p.add_argument("--label", type=_label, help="a class index, passed as D(x, LongTensor([N])): "
+                                                "audits a conditional (projection) discriminator")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     a = p.parse_args(argv)
     try:
@@ -185,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         shape = a.input_shape or known_shape
         if shape is None:
             raise UserError("--input-shape is needed (one sample's shape, e.g. 3,32,32)")
-        result = audit(model, shape)
+        result = audit(model, shape, a.label)
     except UserError as e:
         sys.exit(f"error: {e}")
     print(json.dumps(result) if a.json else report_text(result))

@@ -38,6 +38,7 @@ from sngan.diagnostics.metrics import (DEFAULT_FEATURE_EXTRACTOR, PROTOCOLS, che
 from sngan.run.paths import writable_file, writable_folder
 from sngan.diagnostics.monitor import generate, layer_input_sizes, monitor_latents, sigma_scalars
 from sngan.models import restore_models
+from sngan.sigma import network_lipschitz_bounds
 
 CACHE_ROOT = str(Path("~/.cache/sngan/fidelity").expanduser())
 USAGE = ("usage: python -m sngan.evaluate ckpt=PATH [n=10000] [seed=S] [device=cpu] [metrics.protocol=default] "
@@ -99,6 +100,7 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int | None = None, device: str 
     result.update(sigmas)
     result.update({key.replace("operator_upper", "operator_gap"): upper / sigmas[key.replace("upper", "lower")] - 1
                    for key, upper in sigmas.items() if key.startswith("sigma/operator_upper/")})
+    result["lipschitz/network_lower"], result["lipschitz/network_upper"] = network_lipschitz_bounds(D, (3, res, res))
     cache_name = real_stats_cache_name(cfg.dataset.name, cfg.dataset.get("root", ""), res, feature_extractor)
     fidelity = dict(cache_name=cache_name, cache_root=Path(cache_root), device=dev,
                     feature_extractor=feature_extractor, weights=inception_weights or None, seed=seed)

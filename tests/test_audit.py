@@ -120,6 +120,10 @@ def test_audit_of_a_model_written_elsewhere(third_party, name, normalization):
         assert r["operator_lower"] <= exact * (1 + 1e-5) and exact <= r["operator_upper"] * (1 + 1e-5), r
         product *= r["operator_upper"]
     assert result["lipschitz_bound_upper"] == pytest.approx(product)
+    # What the forward did, measured against the weight as stored before it: the blog recipe's
+    # in-place division is seen even though the weight it hands the conv is the parameter itself.
+    behaviour = {"LegacyD": "reshaped-kernel SN", "ParamD": "reshaped-kernel SN", "BlogNaive": "divided by something else"}
+    assert all(r["behaviour"] == behaviour[name] for r in convs)
     if name != "BlogNaive":  # reshaped-kernel SN holds sigma/matrix at 1, yet the 3x3 conv is far above
         first = convs[0]
         assert first["sigma_matrix"] == pytest.approx(1.0, abs=0.05) and first["operator_lower"] > 1.2

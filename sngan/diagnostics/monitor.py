@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
+from sngan.linalg.network import NoCertifiedBound, input_shape_from_layers, network_upper_bound
 from sngan.sigma import effective_weight, matrix_sigma, operator_sigma_interval
 from sngan.spectral import normalized_layers, reshape_dim
 
@@ -67,14 +69,19 @@ LOG_TOL = 1e-3
 
 
 def sigma_scalars(D: nn.Module, input_sizes: dict[str, tuple[int, ...] | None], *,
-                  tol: float = LOG_TOL, vectors: dict | None = None) -> dict[str, float]:
+                  tol: float = LOG_TOL, vectors: dict | None = None,
+                  image_shape: tuple[int, ...] | None = None) -> dict[str, float]:
     """Per layer sigma/matrix/<layer>, sigma/operator/<layer> and its certified interval
-    sigma/operator_lower/<layer>, sigma/operator_upper/<layer>; the products sigma/lipschitz_bound
-    (of the estimates) and sigma/lipschitz_bound_upper (of the upper bounds: for a plain chain of
-    layers with 1-Lipschitz activations, a certified bound on D's Lipschitz constant). `vectors`:
-    Lanczos warm starts kept between calls by the caller (the Monitor)."""
+    sigma/operator_lower/<layer>, sigma/operator_upper/<layer>; sigma/lipschitz_bound, the product
+    of the estimates; sigma/lipschitz_bound_upper, a certified bound on D's Lipschitz constant
+    composed through D's graph from the layers' upper bounds (sngan.linalg.network: for a plain
+    chain with 1-Lipschitz activations, their product; NaN, with a warning naming the op, for a D
+    holding an op without a stated bound). `image_shape`: one input's shape (default: read off
+    D's first layer and `input_sizes`). `vectors`: Lanczos warm starts kept between calls by the
+    caller (the Monitor)."""
     scalars: dict[str, float] = {}
-    bound = bound_upper = 1.0
+    bound = 1.0
+    uppers: dict[str, tuple] = {}
     for name, layer in normalized_layers(D):
         scalars[f"sigma/matrix/{name}"] = matrix_sigma(effective_weight(layer), reshape_dim(layer),
                                                         vectors=vectors, key=("matrix", id(layer)))
@@ -83,10 +90,33 @@ def sigma_scalars(D: nn.Module, input_sizes: dict[str, tuple[int, ...] | None], 
         scalars[f"sigma/operator_lower/{name}"] = lower
         scalars[f"sigma/operator_upper/{name}"] = upper
         bound *= op
-        bound_upper *= upper
+        uppers[name] = (_size(input_sizes[name]), upper)
     scalars["sigma/lipschitz_bound"] = bound
-    scalars["sigma/lipschitz_bound_upper"] = bound_upper
+    scalars["sigma/lipschitz_bound_upper"] = _composed_upper(D, input_sizes, uppers, tol, vectors, image_shape)
     return scalars
+
+
+def _size(size) -> tuple[int, ...] | None:
+    return None if size is None else tuple(int(s) for s in size)
+
+
+def _composed_upper(D: nn.Module, input_sizes: dict, uppers: dict, tol: float, vectors: dict | None,
+                    image_shape: tuple[int, ...] | None) -> float:
+    """D's certified Lipschitz bound through its graph, from the layers' upper bounds already
+    computed (a layer called on another input size gets its own)."""
+    def layer_upper(name: str, layer: nn.Module, size) -> float:
+        if name in uppers and uppers[name][0] == _size(size):
+            return uppers[name][1]
+        return operator_sigma_interval(layer, size, tol=tol, vectors=vectors)[2]
+
+    shape = image_shape or input_shape_from_layers(D, input_sizes)
+    try:
+        if shape is None:
+            raise NoCertifiedBound("no certified bound: D's input shape is not known (pass image_shape)")
+        return network_upper_bound(D, shape, layer_upper)
+    except NoCertifiedBound as e:
+        warnings.warn(f"sigma/lipschitz_bound_upper: {e}; logged as NaN", stacklevel=3)
+        return math.nan
 
 
 def input_grad_norm(D: nn.Module, images: Tensor) -> float:

@@ -1,0 +1,261 @@
+"""`sngan.audit` on discriminators written the way other SNGAN codebases write them
+(tests/foreign_discriminators.py, tests/foreign_frobenius.py), checked layer by layer: every
+row against the weight its call really received, captured here by wrapping torch.nn.functional's
+functions (independently of the audit's own recording), and against that call's exact operator
+norm (a dense SVD of the layer's full matrix)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import foreign_discriminators as foreign
+import foreign_frobenius
+from helpers import dense_sigma
+from sngan.audit import audit
+from sngan.diagnostics.forward_calls import record_forward
+
+TESTS = Path(__file__).resolve().parent
+SHAPE = (3, 8, 8)
+ARGS = {"conv2d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+        "linear": ("input", "weight", "bias"), "embedding": ("input", "weight"),
+        "batch_norm": ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")}
+
+
+def captured_calls(model: nn.Module, *inputs) -> list[dict]:
+    """Every F.conv2d / F.linear / F.embedding / F.batch_norm call of one eval forward of `model`:
+    the op, the weight it received, its input shape and its other arguments. The model's state and
+    train/eval flags are put back (some foreign layers advance their power iteration in eval mode)."""
+    state, modes = _state(model), [(m, m.training) for m in model.modules()]
+    model.eval()
+    calls = []
+
+    def wrapping(op, fn):
+        def recorded(*args, **kwargs):
+            bound = {**dict(zip(ARGS[op], args)), **kwargs}
+            calls.append({"op": op, "input_shape": tuple(bound["input"].shape),
+                          **{k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in bound.items()
+                             if k not in ("input", "bias")}})
+            return fn(*args, **kwargs)
+        return recorded
+
+    with mock.patch.multiple(F, **{op: wrapping(op, getattr(F, op)) for op in ARGS}), torch.no_grad():
+        model(*inputs)
+    model.load_state_dict(state)
+    for m, training in modes:
+        m.training = training
+    return calls
+
+
+def exact_norm(call: dict) -> float:
+    """The call's operator norm on its input: dense SVD for a conv, the matrix norm for a linear map,
+    the largest row norm for a lookup (one-hot inputs), the largest gain for eval BatchNorm."""
+    w = call["weight"].double()
+    if call["op"] == "conv2d":
+        groups = call.get("groups", 1)
+        conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=call.get("stride", 1),
+                         padding=call.get("padding", 0), dilation=call.get("dilation", 1), groups=groups,
+                         bias=False).double()
+        conv.weight = nn.Parameter(w)
+        return dense_sigma(conv, call["input_shape"][2:])
+    if call["op"] == "linear":
+        return float(torch.linalg.svdvals(w)[0])
+    if call["op"] == "embedding":
+        return float(w.norm(dim=1).max())
+    return float((w.abs() / (call["running_var"].double() + call["eps"]).sqrt()).max())
+
+
+def check_layer_by_layer(result: dict, calls: list[dict]) -> None:
+    assert [r["call"] for r in result["layers"]] == [c["op"] for c in calls]
+    product = 1.0
+    for row, call in zip(result["layers"], calls):
+        exact = exact_norm(call)
+        assert row["operator_lower"] <= exact * (1 + 1e-6) and exact <= row["operator_upper"] * (1 + 1e-6), row
+        if call["op"] in ("conv2d", "linear"):
+            assert row["input"] == (list(call["input_shape"][2:]) or None)
+            matrix = float(torch.linalg.matrix_norm(call["weight"].double().flatten(1), ord=2))
+            assert row["sigma_matrix"] == pytest.approx(matrix, rel=1e-9)
+        product *= row["operator_upper"]
+        # Warnings follow the measured behaviour: a normalized layer far above 1 is flagged.
+        flagged = any(w.startswith(row["layer"] + ":") for w in result["warnings"])
+        normalized = row["behaviour"] in ("reshaped-kernel SN", "divided by something else")
+        assert flagged == (normalized and row["operator_lower"] > 1.2), row
+    assert result["lipschitz_bound_upper"] == pytest.approx(product)
+
+
+def same_weights(model: nn.Module, inputs: tuple, calls: list[dict]) -> None:
+    """The audit's own recording received exactly the weights captured by wrapping F."""
+    recorded = [c for c in record_forward(model, inputs).calls if c.on_input_path]
+    assert len(recorded) == len(calls)
+    for mine, theirs in zip(recorded, calls):
+        assert torch.equal(mine.weight, theirs["weight"]), mine.op
+
+
+def _state(model: nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_a_wrapper_that_calls_its_inner_forward_directly():
+    """christiancosgrove's SpectralNorm: weight_bar / sigma set as the inner module's weight, then
+    `self.module.forward(x)`: no hook fires, yet every layer is found, named and measured."""
+    D = foreign.CosgroveDiscriminator()
+    before = _state(D)
+    x = torch.zeros(1, *SHAPE)
+    calls = captured_calls(D, x)
+    result = audit(D, SHAPE)
+    assert [r["layer"] for r in result["layers"]] == ["conv1.module", "conv2.module", "conv3.module", "fc.module"]
+    for r in result["layers"]:
+        wrapper = r["layer"].split(".")[0]
+        assert r["normalization"] == f"in forward (SpectralNorm at {wrapper})"
+        assert r["stored"] == f"{wrapper}.module.weight_bar" and r["behaviour"] == "reshaped-kernel SN", r
+        assert r["sigma_matrix"] == pytest.approx(1.0, abs=2e-3)
+    check_layer_by_layer(result, calls)
+    same_weights(D, (x,), calls)
+    after = _state(D)  # its forward advances u and v even in eval mode: the audit put them back
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_layer_that_divides_its_weight_inside_forward():
+    """Mimicry's SNConv2d / SNLinear: F.conv2d(input=x, weight=self.weight / sigma, ...)."""
+    D = foreign.MimicryDiscriminator()
+    x = torch.zeros(1, *SHAPE)
+    calls = captured_calls(D, x)
+    result = audit(D, SHAPE)
+    assert [r["layer"] for r in result["layers"]] == ["c1", "c2", "l3"]
+    for r in result["layers"]:
+        layer = getattr(D, r["layer"])
+        with torch.no_grad():
+            sigma = layer._power_iteration(layer.weight.view(layer.weight.shape[0], -1), layer.u, 1)[0]
+        assert r["stored"] == f"{r['layer']}.weight" and r["divisor"] == pytest.approx(float(sigma), rel=1e-5)
+        assert r["normalization"] == f"in forward ({type(layer).__name__} at {r['layer']})"
+        assert r["behaviour"] == "reshaped-kernel SN"
+    check_layer_by_layer(result, calls)
+    same_weights(D, (x,), calls)
+
+
+def _run(args, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+SAVE = """
+import sys, torch
+import foreign_discriminators as foreign
+D = foreign.LegacyHookDiscriminator()
+print(list(D.main[0]._forward_pre_hooks))
+torch.save(D, sys.argv[1])
+"""
+
+
+def test_legacy_hook_saved_whole_by_another_process(tmp_path):
+    """A pickled module keeps its hooks' ids; in the audit's process the id counter restarts. The
+    audit registers nothing, so the first layer keeps its legacy hook and its forward divides."""
+    saved = _run(["-c", SAVE, tmp_path / "d.pt"], tmp_path)
+    assert saved.returncode == 0, saved.stderr
+    assert saved.stdout.strip() == "[0]"  # the id a new hook in a fresh process would take
+    proc = _run(["-m", "sngan.audit", tmp_path / "d.pt", "--input-shape", "3,8,8", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    first = result["layers"][0]
+    assert first["layer"] == "main.0" and first["normalization"] == "torch spectral_norm (legacy hook)"
+    assert first["behaviour"] == "reshaped-kernel SN" and first["stored"] == "main.0.weight_orig"
+    D = torch.load(tmp_path / "d.pt", weights_only=False)
+    conv = D.main[0]
+    w, u, v = conv.weight_orig.detach(), conv.weight_u, conv.weight_v
+    used = w / torch.dot(u, torch.mv(w.flatten(1), v))  # what the hook's eval-mode forward divides by
+    plain = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+    plain.weight = nn.Parameter(used.clone())
+    exact = dense_sigma(plain, (8, 8))
+    assert first["operator_lower"] <= exact * (1 + 1e-6) and exact <= first["operator_upper"] * (1 + 1e-6)
+    check_layer_by_layer(result, captured_calls(D, torch.zeros(1, *SHAPE)))
+
+
+def test_a_hook_named_spectral_norm_that_normalizes_something_else():
+    D = foreign_frobenius.FrobeniusDiscriminator()
+    x = torch.zeros(1, *SHAPE)
+    calls = captured_calls(D, x)
+    result = audit(D, SHAPE)
+    convs = result["layers"][:2]
+    for r in convs:
+        frobenius = float(getattr(D, r["layer"]).weight_orig.detach().norm())
+        assert r["normalization"] == "unknown (forward pre-hook SpectralNorm)"
+        assert r["behaviour"] == "divided by something else" and r["divisor"] == pytest.approx(frobenius, rel=1e-6)
+    assert not any("reshaped kernel" in w for w in result["warnings"])
+    check_layer_by_layer(result, calls)
+    same_weights(D, (x,), calls)
+
+
+def test_batch_norm_is_a_per_channel_gain():
+    D = foreign.BatchNormDiscriminator()
+    x = torch.zeros(1, *SHAPE)
+    calls = captured_calls(D, x)
+    result = audit(D, SHAPE)
+    bn = D.main[3]
+    gain = float((bn.weight.detach().double().abs() / (bn.running_var.double() + bn.eps).sqrt()).max())
+    row = next(r for r in result["layers"] if r["call"] == "batch_norm")
+    assert row["layer"] == "main.3" and row["type"] == "BatchNorm2d" and gain > 1
+    assert row["operator_upper"] == pytest.approx(gain, rel=1e-8)
+    check_layer_by_layer(result, calls)  # the product includes the gain
+    same_weights(D, (x,), calls)
+
+
+def test_projection_discriminator_with_a_label(tmp_path):
+    proc = _run(["-m", "sngan.audit", "foreign_discriminators:ProjectionDiscriminator", "--input-shape", "3,8,8",
+                 "--label", "3", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    D = foreign.ProjectionDiscriminator()
+    calls = captured_calls(D, torch.zeros(1, *SHAPE), torch.tensor([3]))
+    assert [r["layer"] for r in result["layers"]] == ["block1", "block2", "l6", "l_y"]
+    embedding = result["layers"][3]
+    assert embedding["call"] == "embedding" and embedding["indices"] == [3]
+    assert embedding["normalization"] == "torch spectral_norm (legacy hook)"
+    assert embedding["behaviour"] == "reshaped-kernel SN"
+    assert embedding["label_norm"] == pytest.approx(float(calls[3]["weight"][3].double().norm()), rel=1e-9)
+    check_layer_by_layer(result, calls)
+    table = _run(["-m", "sngan.audit", "foreign_discriminators:ProjectionDiscriminator", "--input-shape", "3,8,8",
+                  "--label", "3"], tmp_path)
+    assert "| l_y | Embedding | index 3 | torch spectral_norm (legacy hook) |" in table.stdout
+
+
+class _NeedsLabel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.embed = nn.Linear(3 * 8 * 8, 4), nn.Embedding(5, 4)
+
+    def forward(self, x, y):
+        return (self.fc(x.flatten(1)) * self.embed(y)).sum(1)
+
+
+def test_label_errors():
+    from sngan.run.errors import UserError
+
+    with pytest.raises(UserError, match=r"needs a second argument: give --label N"):
+        audit(_NeedsLabel(), SHAPE)
+    with pytest.raises(UserError, match=r"--label 3 given, but MimicryDiscriminator.forward\(x\) takes no class label"):
+        audit(foreign.MimicryDiscriminator(), SHAPE, label=3)
+    assert [r["call"] for r in audit(_NeedsLabel(), SHAPE, label=4)["layers"]] == ["linear", "embedding"]
+
+
+def test_the_audit_leaves_every_hook_where_it_was():
+    from torch.nn.modules import module as torch_module
+
+    D = foreign.LegacyHookDiscriminator()
+    hooks = {name: list(m._forward_pre_hooks.items()) + list(m._forward_hooks.items()) for name, m in D.named_modules()}
+    global_hooks = (dict(torch_module._global_forward_pre_hooks), dict(torch_module._global_forward_hooks))
+    modes = [m.training for m in D.modules()]
+    audit(D, SHAPE)
+    assert hooks == {name: list(m._forward_pre_hooks.items()) + list(m._forward_hooks.items())
+                     for name, m in D.named_modules()}
+    assert global_hooks == (dict(torch_module._global_forward_pre_hooks), dict(torch_module._global_forward_hooks))
+    assert modes == [m.training for m in D.modules()]  # its train/eval flags as they were
