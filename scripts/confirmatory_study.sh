@@ -17,6 +17,10 @@ if [[ "$(git -C "$CODE" rev-parse HEAD)" != "$STUDY_COMMIT" ]] || [[ -n "$(git -
     echo "error: $CODE is not a clean checkout of $STUDY_COMMIT; remove it (git worktree remove --force $CODE) and run again" >&2
     exit 2
 fi
+# The registration's primary test takes runs of one machine kind: each launch records where it ran.
+mkdir -p "$SWEEP"
+{ date -u +%FT%TZ; grep -m1 "model name" /proc/cpuinfo; grep -q avx512f /proc/cpuinfo && echo "avx512: yes" || echo "avx512: no"
+  nproc; python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >> "$SWEEP/machines.txt"
 # python -m puts the working directory first on sys.path: the study's code trains, in every worker.
 (cd "$CODE" && python -m sngan.train -m hydra/launcher=joblib "hydra.sweep.dir=$SWEEP" resume=auto \
     log.progress=false "$@" 'seed=range(16,48)' variant=naive,reshaped)
