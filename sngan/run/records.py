@@ -5,8 +5,9 @@ so a command refused against an existing run (no `resume=true`, a changed settin
 set) would rewrite the records of a run whose checkpoints still say otherwise. `hydra.output_subdir`
 is null in configs/train.yaml, and the trainer writes the same three files, with the contents
 Hydra gives them, only for a new run or an accepted resume (config.yaml then holds the config the
-run goes on with). Tools read them as before (scripts/compare_variants.py).
-"""
+run goes on with); a resume in the run's own folder writes them once it has written a checkpoint of
+its own (sngan.training.setup), so a failed resume leaves them as they were. Tools read them as
+before (scripts/compare_variants.py)."""
 
 from __future__ import annotations
 
