@@ -9,7 +9,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from sngan.config import check_config, check_saved_config, flatten, resumable_key, resumable_summary
+from sngan.config import check_config, flatten, resumable_key, resumable_summary
 from sngan.run import checkpoint
 from sngan.run.errors import UserError
 
@@ -27,8 +27,7 @@ def load_resume_state(cfg: DictConfig, run_dir: Path, overrides: list[str] | Non
             raise UserError(f"{run_dir} already holds a run: pass resume=true to continue it, "
                             "or choose another hydra.run.dir")
         return None, cfg
-    state, resume_from = load_for_resume(resume_from, warn=log.warning)
-    check_saved_config(state["config"], resume_from)
+    state, resume_from = load_for_resume(resume_from, warn=log.warning)  # its config checked on reading
     cfg = resume_config(state["config"], cfg, overrides, resume_from, state.get(checkpoint.ADDED_SINCE, ()))
     try:
         check_config(cfg)
