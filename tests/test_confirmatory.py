@@ -12,6 +12,7 @@ pytest.importorskip("scipy")
 
 from sngan.report.confirmatory import (CONFIRMATORY_SEEDS, Times, analyse, complete, kaplan_meier, logrank_greater,
                                        mcnemar_exact, median_time, newcombe, times_of)
+from helpers import load_script, run_script
 from sngan.report.verdict import confirmatory_section
 
 
@@ -115,3 +116,41 @@ def test_the_report_keeps_the_exploratory_tables_apart_and_plots_the_curves_once
     text = write_report(rows, [], tmp_path / "complete").read_text()
     assert (tmp_path / "complete" / KAPLAN_MEIER).is_file() and f"]({KAPLAN_MEIER})" in text
     assert "| naive | 16 (16) |" in text  # the exploratory table: seeds 0-15 alone
+
+
+def test_the_independent_recomputation_matches_the_hand_worked_example():
+    recompute = load_script("recompute_primary_p.py")
+    z, p = recompute.logrank([(100, True), (200, False), (300, True)], [(200, True), (400, False), (400, False)])
+    expected = (23 / 30) / math.sqrt(1 / 4 + 6 / 25 + 2 / 9)  # worked above
+    assert z == pytest.approx(expected, rel=1e-12) and p == pytest.approx(0.5 * math.erfc(expected / math.sqrt(2)))
+
+
+def test_the_independent_recomputation_checks_the_reports_p(tmp_path):
+    from sngan.report.csvs import RUN_COLUMNS, write_csv
+    from sngan.report.document import write_report
+
+    columns = {"steps": 1500, "best_clean_rate": 0.4, "final_clean_rate": 0.3, "final_modes_covered": 8,
+               "max_sigma_matrix": 1.0, "max_lipschitz_bound": 50.0, "first_warning_step": None,
+               "first_worsening_step": None, "optim": "E", "run": ""}
+    # Ties across variants, a divergence and a failed run: the cases where two codes could part.
+    rows = [{**columns, **r} for r in _study({16: 600, 17: 600, 18: 900, 19: 1250, 20: 1500},
+                                             {16: 900, 25: 1250})]
+    for r in rows:
+        if r["variant"] == "naive" and r["seed"] == 30:
+            r.update(status="diverged", last_step=1100)
+        if r["variant"] == "reshaped" and r["seed"] == 31:
+            r.update(status="failed", last_step=0, reason="machine lost")
+    write_csv(tmp_path / "runs.csv", rows, RUN_COLUMNS)
+    write_report(rows, [], tmp_path)
+    statistic, p = analyse(rows)["logrank"]
+    agreed = run_script("recompute_primary_p.py", [tmp_path])
+    assert agreed.returncode == 0, agreed.stdout + agreed.stderr
+    assert f"Z = {statistic:.6f}" in agreed.stdout and "they agree" in agreed.stdout and 0.001 < p < 0.5
+
+    report = tmp_path / "report.md"
+    report.write_text(report.read_text().replace(f"| {statistic:.3f} |", f"| {statistic + 0.01:.3f} |", 1))
+    assert run_script("recompute_primary_p.py", [tmp_path]).returncode == 1
+
+    write_csv(tmp_path / "runs.csv", rows[1:], RUN_COLUMNS)  # naive seed 16 not in
+    missing = run_script("recompute_primary_p.py", [tmp_path])
+    assert missing.returncode == 2 and "registered runs missing (naive: 1)" in missing.stderr

@@ -81,7 +81,8 @@ def confirmatory_section(rows: list[dict], plots: list[str]) -> list[str]:
     lines = ["## Confirmatory study (pre-registered)", "",
              "`naive` against `reshaped`, seeds 16-47, as fixed in [preregistration.md](preregistration.md) before "
              "its first run: time to first collapse, the one-sided log-rank test at alpha 0.05 on the new seeds "
-             "alone. Runs made by `bash scripts/confirmatory_study.sh`.", ""]
+             "alone. Runs made by `bash scripts/confirmatory_study.sh`; the primary p is recomputed from runs.csv alone, "
+             "by other code, with `python scripts/recompute_primary_p.py`.", ""]
     lines += status_lines(rows) + [""]
     if not complete(rows):
         finished = sum(r["status"] in FINISHED for v in PAIR for r in registered_runs(rows)[v])
