@@ -1,6 +1,7 @@
 """Audit any discriminator: what does its spectral normalization really bound?
 
     python -m sngan.audit pkg.models:Discriminator --input-shape 3,32,32 [--state-dict FILE] [--json]
+    python -m sngan.audit pkg.models:Discriminator --input-shape 3,32,32 --state-dict ckpt.pt [--state-key net_D]
     python -m sngan.audit pkg.models:ProjectionD --input-shape 3,32,32 --label 3   # D(x, y)
     python -m sngan.audit model.pt --input-shape 3,32,32       # torch.save(model) of a whole module
     python -m sngan.audit outputs/synthetic-reshaped/<run>      # this project's run or checkpoint
@@ -24,6 +25,7 @@ are put back after the forward: the model is audited as it is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib
 import inspect
@@ -53,13 +55,14 @@ TORCHSCRIPT = ("is a TorchScript module: its forward runs compiled, where the au
                "it makes; audit the Python module it was scripted from (MODULE:NAME with --state-dict)")
 
 
-def load_model(target: str, state_dict: str | None) -> tuple[nn.Module, tuple[int, ...] | None]:
+def load_model(target: str, state_dict: str | None,
+               state_key: str | None = None) -> tuple[nn.Module, tuple[int, ...] | None]:
     """(the module, the input shape it was trained on when known) from an import path
     `pkg.module:Factory`, a file holding a whole pickled module, or this project's run/checkpoint."""
     if ":" in target and not Path(target).exists():
         model = _from_factory(target)
         if state_dict:
-            _load_state_dict(model, state_dict, target)
+            _load_state_dict(model, state_dict, target, state_key)
         return model, None
     path = Path(target)
     if not path.exists():
@@ -103,6 +106,38 @@ def _from_factory(target: str) -> nn.Module:
     return model
 
 
+def _is_state(value) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _fits(state: Mapping, own: Mapping) -> bool:
+    return state.keys() == own.keys() and all(state[k].shape == own[k].shape for k in own)
+
+
+def _state_in(loaded, path: str, key: str | None, own: Mapping) -> Mapping:
+    """The state dict in what `path` holds: itself, the one under `key`, or, in a training checkpoint
+    ({"net_D": ..., "optim_D": ..., "step": ...}), the one state dict there that fits the model."""
+    nested = [k for k, v in loaded.items() if _is_state(v)] if isinstance(loaded, Mapping) else []
+    if key is not None:
+        if not isinstance(loaded, Mapping) or key not in loaded or not _is_state(loaded[key]):
+            found = f"its state dicts are under {', '.join(map(repr, nested))}" if nested else "it holds none under a key"
+            raise UserError(f"--state-key {key}: {path} holds no state dict under {key!r}; {found}")
+        return loaded[key]
+    if _is_state(loaded):
+        return loaded
+    fitting = [k for k in nested if _fits(loaded[k], own)]
+    if len(fitting) == 1:
+        print(f"--state-dict {path}: the state dict under {fitting[0]!r} fits the model: auditing it", file=sys.stderr)
+        return loaded[fitting[0]]
+    if nested:
+        which = "none fits the model" if not fitting else f"{', '.join(map(repr, fitting))} all fit the model"
+        raise UserError(f"--state-dict {path} is a checkpoint with state dicts under {', '.join(map(repr, nested))} "
+                        f"({which}): name the discriminator's with --state-key KEY")
+    what = (f"a dict whose values are not all tensors (keys: {', '.join(map(str, list(loaded)[:4]))})"
+            if isinstance(loaded, Mapping) else f"a {type(loaded).__name__}")
+    raise UserError(f"--state-dict {path} holds {what}, not a state dict: save model.state_dict()")
+
+
 def _is_torchscript(path: Path) -> bool:
     """A TorchScript archive: a zip whose records include constants.pkl (as torch.load tells them)."""
     if not zipfile.is_zipfile(path):
@@ -111,8 +146,9 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.split("/")[-1] == "constants.pkl" for name in z.namelist())
 
 
-def _load_state_dict(model: nn.Module, path: str, target: str) -> None:
-    """Load `path` into `model`, strictly, or say in one line why not."""
+def _load_state_dict(model: nn.Module, path: str, target: str, key: str | None = None) -> None:
+    """Load `path` (a state dict, or the one under `key` of a training checkpoint) into `model`,
+    strictly, or say in one line why not."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
@@ -121,11 +157,8 @@ def _load_state_dict(model: nn.Module, path: str, target: str) -> None:
         raise UserError(f"--state-dict {path} is not a state dict ({type(e).__name__} reading it with "
                         "weights_only=True): save model.state_dict() with torch.save; a whole pickled module "
                         "is audited by giving its file as the model") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        what = (f"a dict whose values are not all tensors (keys: {', '.join(map(str, list(state)[:4]))})"
-                if isinstance(state, Mapping) else f"a {type(state).__name__}")
-        raise UserError(f"--state-dict {path} holds {what}, not a state dict: save model.state_dict()")
     own = model.state_dict()
+    state = _state_in(state, path, key, own)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     reshaped = [f"{k} (saved {'x'.join(map(str, state[k].shape))}, model {'x'.join(map(str, own[k].shape))})"
@@ -277,8 +310,12 @@ def whole_network_bounds(model: nn.Module, input_shape: tuple[int, ...], label: 
         return None
     if label is not None:
         return {"error": "not available for a discriminator that takes a label"}
+    # A weight a wrapper computed and set as a plain attribute (christiancosgrove's SpectralNorm)
+    # still holds the recorded forward's graph, which deepcopy refuses: copy its value instead.
+    computed = {id(v): v.detach().clone() for m in model.modules() for v in vars(m).values()
+                if torch.is_tensor(v) and not v.is_leaf}
     try:
-        copied = copy.deepcopy(model)  # whatever that function registers or runs, the model stays as it is
+        copied = copy.deepcopy(model, computed)  # whatever that function registers or runs, the model stays as it is
     except Exception as e:
         return {"error": f"the model cannot be copied for it ({type(e).__name__})"}
     try:
@@ -347,17 +384,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("model", help="MODULE:NAME (a module class or factory), a torch.save'd module, or an sngan "
                                  "run folder / checkpoint")
     p.add_argument("--input-shape", type=_shape, help="one sample's shape, e.g. 3,32,32 (sngan runs: their own)")
-    p.add_argument("--state-dict", help="with MODULE:NAME: weights to load into it")
+    p.add_argument("--state-dict", help="with MODULE:NAME: weights to load into it (a state dict, or a training "
+                                        "checkpoint holding one)")
+    p.add_argument("--state-key", help="with --state-dict: the key of the D's state dict in a checkpoint "
+                                       "(e.g. net_D), when more than one fits")
     p.add_argument("--label", type=_label, help="a class index, passed as D(x, LongTensor([N])): "
                                                 "audits a conditional (projection) discriminator")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     a = p.parse_args(argv)
+    # What the model's own code prints (BigGAN's D prints its parameter count) goes to stderr:
+    # standard output is the report alone, one JSON object with --json.
     try:
-        model, known_shape = load_model(a.model, a.state_dict)
-        shape = a.input_shape or known_shape
-        if shape is None:
-            raise UserError("--input-shape is needed (one sample's shape, e.g. 3,32,32)")
-        result = audit(model, shape, a.label)
+        with contextlib.redirect_stdout(sys.stderr):
+            if a.state_key and not a.state_dict:
+                raise UserError("--state-key goes with --state-dict FILE (the checkpoint it picks from)")
+            model, known_shape = load_model(a.model, a.state_dict, a.state_key)
+            shape = a.input_shape or known_shape
+            if shape is None:
+                raise UserError("--input-shape is needed (one sample's shape, e.g. 3,32,32)")
+            result = audit(model, shape, a.label)
     except UserError as e:
         sys.exit(f"error: {e}")
     print(json.dumps(result) if a.json else report_text(result))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -22,7 +23,13 @@ def files(tmp_path_factory):
         torch.jit.save(torch.jit.trace(D.eval(), torch.zeros(1, 3, 8, 8)), root / "scripted.pt")
     (root / "notes.txt").write_text("conv1.weight: 0.1 0.2\n")
     torch.save([torch.zeros(3)], root / "a_list.pt")
-    torch.save({"model": D.state_dict(), "step": 3}, root / "training_checkpoint.pt")
+    other_net = {"fc.weight": torch.zeros(4, 8)}
+    # Training checkpoints as scripts save them: D's state dict under a key, beside others.
+    torch.save({"net_G": other_net, "net_D": D.state_dict(), "optim_D": {"state": {}, "param_groups": []},
+                "step": 3}, root / "training_checkpoint.pt")
+    torch.save({"D": D.state_dict(), "D_ema": D.state_dict(), "step": 3}, root / "two_that_fit.pt")
+    torch.save({"net_G": other_net, "step": 3}, root / "generator_only.pt")
+    torch.save({"step": 3, "lr": 0.1}, root / "no_state.pt")
     other = dict(D.state_dict())
     other.pop("c1.weight"), other.pop("c2.weight")
     other["head.weight"] = torch.zeros(1)
@@ -36,7 +43,16 @@ CASES = [
     (["{root}/scripted.pt"], "is a TorchScript module: its forward runs compiled, where the audit cannot see"),
     ([MIMICRY, "--state-dict", "{root}/notes.txt"], "notes.txt is not a state dict"),
     ([MIMICRY, "--state-dict", "{root}/a_list.pt"], "a_list.pt holds a list, not a state dict"),
-    ([MIMICRY, "--state-dict", "{root}/training_checkpoint.pt"], "values are not all tensors (keys: model, step)"),
+    ([MIMICRY, "--state-dict", "{root}/no_state.pt"], "values are not all tensors (keys: step, lr)"),
+    ([MIMICRY, "--state-dict", "{root}/two_that_fit.pt"],
+     "is a checkpoint with state dicts under 'D', 'D_ema' ('D', 'D_ema' all fit the model): name the "
+     "discriminator's with --state-key KEY"),
+    ([MIMICRY, "--state-dict", "{root}/generator_only.pt"],
+     "is a checkpoint with state dicts under 'net_G' (none fits the model)"),
+    ([MIMICRY, "--state-dict", "{root}/two_that_fit.pt", "--state-key", "D_emma"],
+     "--state-key D_emma: {root}/two_that_fit.pt holds no state dict under 'D_emma'; its state dicts are under "
+     "'D', 'D_ema'"),
+    ([MIMICRY, "--state-key", "D"], "--state-key goes with --state-dict FILE"),
     ([MIMICRY, "--state-dict", "{root}/whole.pt"], "a whole pickled module is audited by giving its file"),
     ([MIMICRY, "--state-dict", "{root}/other_model.pt"],
      "does not fit foreign_discriminators:MimicryDiscriminator: keys 2 missing (c1.weight, c2.weight); "
@@ -61,3 +77,23 @@ def test_a_state_dict_that_fits_is_loaded(files, capsys):
                           capsys)
     assert code == 0, err
     assert "| c1 | SNConv2d | 8x8 | in forward (SNConv2d at c1) | c1.weight / " in out
+
+
+@pytest.mark.parametrize("key", [None, "D_ema"])
+def test_a_training_checkpoint_gives_the_discriminators_state_dict(tmp_path, capsys, key):
+    trained = foreign.MimicryDiscriminator()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(1.5).add_(0.01)  # not the weights a fresh MimicryDiscriminator() has
+    sigma = trained.c1._power_iteration(trained.c1.weight.detach().flatten(1), trained.c1.u, 1)[0]
+    if key is None:  # one state dict fits: it is found
+        checkpoint = {"net_G": {"fc.weight": torch.zeros(4, 8)}, "net_D": trained.state_dict(), "step": 3}
+    else:  # two fit: --state-key picks
+        checkpoint = {"D": foreign.MimicryDiscriminator().state_dict(), "D_ema": trained.state_dict()}
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    code, err, out = call("audit", [MIMICRY, "--state-dict", str(tmp_path / "ckpt.pt"), "--input-shape", "3,8,8",
+                                    "--json"] + (["--state-key", key] if key else []), capsys)
+    assert code == 0, err
+    assert ("the state dict under 'net_D' fits the model: auditing it" in err) if key is None else err == ""
+    divisor = next(r for r in json.loads(out)["layers"] if r["layer"] == "c1")["divisor"]
+    assert divisor == pytest.approx(float(sigma), rel=1e-5)

@@ -209,6 +209,9 @@ def _shape(node) -> tuple[int, ...] | None:
 
 # Ops that read an input's shape, not its values: their results are constants.
 SHAPE_QUERIES = {"size", "dim", "numel", "getattr", "ndimension", "nelement", "is_contiguous"}
+# Weight-using functional ops: bounded only as the module that holds the weight.
+_FUNCTIONAL_LAYERS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+                      "linear", "embedding", "bilinear"}
 # Ops with Lipschitz constant 1 on the input they transform (activations with slopes in [0, 1],
 # reshapes, copies, projections, a change of dtype, a sign, zero padding).
 UNIT = {"relu", "relu_", "relu6", "tanh", "hardtanh", "softplus", "identity", "flatten", "unflatten",
@@ -242,6 +245,9 @@ def _node_step(node: fx.Node, module: nn.Module, dependent: set[str], prefix: st
     if not isinstance(node.args[0], fx.Node) or [n.name for n in node.all_input_nodes
                                                   if n.name in dependent] != [node.args[0].name]:
         raise NoCertifiedBound(f"no certified bound: {name} of several inputs at {where}")
+    if name in _FUNCTIONAL_LAYERS:  # its weight is whatever the forward computed: no module to read it from
+        raise NoCertifiedBound(f"no certified bound: F.{name} called directly at {where}: the bound reads layers "
+                               "as modules (nn.Conv2d, nn.Linear, ...)")
     params = _params(name, node)
     factor = _factor(name, params, in_shape, _shape(node))
     if factor is None:
