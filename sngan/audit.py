@@ -217,7 +217,9 @@ def audit(model: nn.Module, input_shape: tuple[int, ...], label: int | None = No
         product = None if product is None or r["operator_upper"] is None else product * r["operator_upper"]
     internal = sorted({_name(forward, c) + f" ({c.op})" for c in forward.calls if not c.on_input_path})
     return {"input_shape": list(input_shape), "label": label, "layers": rows, "lipschitz_bound_upper": product,
-            "internal_calls": internal, "whole_network": whole_network_bounds(model, input_shape, label),
+            "internal_calls": internal, "whole_network": whole_network_bounds(model, input_shape, label, [
+                sngan.sigma.RecordedCall(c.op, c.input_shape, tuple(c.weight.shape), r["operator_upper"])
+                for c, r in zip(on_path, rows)]),
             "warnings": [w for r in rows for w in row_warnings(r)]}
 
 
@@ -302,9 +304,11 @@ def row_warnings(row: dict) -> list[str]:
     return []
 
 
-def whole_network_bounds(model: nn.Module, input_shape: tuple[int, ...], label: int | None) -> dict | None:
+def whole_network_bounds(model: nn.Module, input_shape: tuple[int, ...], label: int | None,
+                         calls: list | None = None) -> dict | None:
     """The certified interval on the whole D's Lipschitz constant, through its graph, from
-    sngan.sigma.network_lipschitz_bounds(D, input_shape) when that exists (None otherwise)."""
+    sngan.sigma.network_lipschitz_bounds(D, input_shape) when that exists (None otherwise);
+    `calls`, the recorded forward's, bound the layers it calls functionally."""
     bounds = getattr(sngan.sigma, "network_lipschitz_bounds", None)
     if bounds is None:
         return None
@@ -319,7 +323,7 @@ def whole_network_bounds(model: nn.Module, input_shape: tuple[int, ...], label: 
     except Exception as e:
         return {"error": f"the model cannot be copied for it ({type(e).__name__})"}
     try:
-        lower, upper = bounds(copied, input_shape)
+        lower, upper = bounds(copied, input_shape, calls=calls)
     except Exception as e:  # another module's limits must not end the audit: say what they were
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     return {"lower": float(lower), "upper": float(upper)}

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from sngan.linalg.bounds import ROUNDING, conv_upper_bound
-from sngan.linalg.network import NoCertifiedBound, gradient_lower_bound, network_upper_bound  # noqa: F401
+from sngan.linalg.network import (NoCertifiedBound, RecordedCall, gradient_lower_bound,  # noqa: F401
+                                  network_upper_bound)
 from sngan.linalg.operators import input_shape, linear_map, top_singular_pair, top_singular_value
 from sngan.spectral import weight_matrix
 
@@ -98,16 +99,19 @@ def operator_sigma_interval(layer: nn.Module, input_size: Sequence[int] | None, 
 
 
 def network_lipschitz_bounds(D: nn.Module, input_shape: Sequence[int], *, starts: int = 4, steps: int = 8,
-                             seed: int = 0) -> tuple[float, float]:
+                             seed: int = 0, calls: Sequence[RecordedCall] | None = None) -> tuple[float, float]:
     """(lower, upper): certified bounds on the Lipschitz constant (l2 to l2) of the eval-mode D on
     one input of `input_shape` (e.g. (3, 32, 32)). Upper: D's fx graph composed with each layer's
     certified operator-norm bound on its real input size (sngan.linalg.network); an op without a
     stated bound raises NoCertifiedBound (a UserError naming it). Lower: the largest input-gradient
     norm found by `steps` steps of ascent from `starts` random points (a private generator), in
     float64. Nothing in D changes: no power iteration advances, no global RNG draw, no hook stays.
-    An `operator`-variant D must have seen its input size (as layer_input_sizes does)."""
-    upper = network_upper_bound(D, input_shape, lambda name, layer, size: _operator_upper(layer, size))
-    return gradient_lower_bound(D, input_shape, starts=starts, steps=steps, seed=seed), upper
+    An `operator`-variant D must have seen its input size (as layer_input_sizes does). `calls`: one
+    recorded forward's weight-using calls, for a D whose forward calls layers functionally
+    (sngan.linalg.network.network_upper_bound; the audit passes them)."""
+    lower = gradient_lower_bound(D, input_shape, starts=starts, steps=steps, seed=seed)
+    upper = network_upper_bound(D, input_shape, lambda name, layer, size: _operator_upper(layer, size), calls)
+    return lower, upper
 
 
 def _operator_upper(layer: nn.Module, input_size: Sequence[int] | None) -> float:

@@ -7,6 +7,7 @@ norm (a dense SVD of the layer's full matrix)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import foreign_discriminators as foreign
@@ -21,6 +23,7 @@ import foreign_frobenius
 from audit_checks import captured_calls, check_layer_by_layer, same_weights, state_of
 from helpers import dense_sigma
 from sngan.audit import audit
+from sngan.linalg.network import NoCertifiedBound, RecordedCall, network_upper_bound
 
 TESTS = Path(__file__).resolve().parent
 SHAPE = (3, 8, 8)
@@ -181,3 +184,50 @@ def test_the_audit_leaves_every_hook_where_it_was():
                      for name, m in D.named_modules()}
     assert global_hooks == (dict(torch_module._global_forward_pre_hooks), dict(torch_module._global_forward_hooks))
     assert modes == [m.training for m in D.modules()]  # its train/eval flags as they were
+
+
+class _FunctionalResidual(nn.Module):
+    """A residual block whose convs are called functionally on weights divided inside forward
+    (Mimicry's and BigGAN's way), a module shortcut, and a linear head: linear and bias-free, so
+    its Lipschitz constant is the norm of its one-row matrix."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.w1, self.w2 = nn.Parameter(torch.randn(4, 3, 3, 3)), nn.Parameter(torch.randn(4, 4, 3, 3))
+        self.shortcut = nn.Conv2d(3, 4, 1, bias=False)
+        self.head = nn.Linear(4 * 5 * 5, 1, bias=False)
+
+    def forward(self, x):
+        h = F.conv2d(x, self.w1 / self.w1.flatten(1).norm(), padding=1)
+        h = F.conv2d(h, self.w2 / 3.0, padding=1)
+        return self.head((self.shortcut(x) + h).flatten(1))
+
+
+def test_whole_d_interval_through_layers_called_functionally():
+    D, shape = _FunctionalResidual(), (3, 5, 5)
+    x = torch.zeros(1, *shape)
+    calls = captured_calls(D, x)
+    result = audit(D, shape)
+    check_layer_by_layer(result, calls)  # each row's interval holds its call's dense-SVD norm
+    conv1, conv2, shortcut, head = (r["operator_upper"] for r in result["layers"])
+    D64 = _FunctionalResidual().double()
+    D64.load_state_dict({k: v.double() for k, v in D.state_dict().items()})
+    n = math.prod(shape)
+    with torch.no_grad():  # the whole map's one row, from unit inputs
+        exact = float(torch.linalg.matrix_norm(D64(torch.eye(n, dtype=torch.float64).view(n, *shape)), ord=2))
+    whole = result["whole_network"]
+    assert whole["lower"] <= exact <= whole["upper"]
+    assert whole["lower"] == pytest.approx(exact, rel=1e-6)  # a linear map: its gradient is its row
+    # The graph composed: the branches' bounds add (conv2 after conv1 multiplies), then the head.
+    assert whole["upper"] == pytest.approx((shortcut + conv1 * conv2) * head, rel=1e-12)
+
+
+def test_a_graph_that_is_not_the_recorded_forward_is_refused():
+    D, shape = _FunctionalResidual(), (3, 5, 5)
+    wrong = [RecordedCall("conv2d", (1, 3, 5, 5), (4, 3, 3, 3), 1.0),
+             RecordedCall("conv2d", (1, 4, 5, 5), (4, 4, 3, 3), 1.0),
+             RecordedCall("linear", (1, 100), (1, 100), 1.0)]  # the shortcut's call left out
+    with pytest.raises(NoCertifiedBound, match=r"conv2d at shortcut is not the recorded forward's call 3 "
+                                               r"\(linear on 1x100\): the traced graph is another forward"):
+        network_upper_bound(D, shape, lambda name, layer, size: 1.0, wrong)

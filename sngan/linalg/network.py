@@ -67,6 +67,41 @@ class _ChainPlan:  # a Sequential that fx cannot trace: its children, one after 
     parts: tuple
 
 
+@dataclass(frozen=True)
+class RecordedCall:
+    """A weight-using call that one recorded forward made on its input (sngan.diagnostics.forward_calls):
+    its op ("conv2d", "linear", "batch_norm", ...), its input's shape, its weight's shape, and a
+    certified upper bound on its operator norm (None: none)."""
+    op: str
+    input_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    upper: float | None
+
+
+class _Recorded:
+    """Recorded calls, taken in the graph's order: every weight-using node of the graph must be the
+    next call, same op and shapes, or the graph is not the forward that was recorded."""
+
+    def __init__(self, calls: Sequence[RecordedCall]):
+        self.calls, self.taken = list(calls), 0
+
+    def take(self, op: str, input_shape, weight_shape, where: str) -> RecordedCall:
+        call = self.calls[self.taken] if self.taken < len(self.calls) else None
+        if call is None or call.op != op or call.input_shape != tuple(input_shape or ()) or (
+                weight_shape is not None and call.weight_shape != tuple(weight_shape)):
+            recorded = "none" if call is None else f"{call.op} on {'x'.join(map(str, call.input_shape))}"
+            raise NoCertifiedBound(f"no certified bound: {op} at {where} is not the recorded forward's call "
+                                   f"{self.taken + 1} ({recorded}): the traced graph is another forward")
+        self.taken += 1
+        return call
+
+    def check_all_taken(self) -> None:
+        if self.taken != len(self.calls):
+            left = self.calls[self.taken]
+            raise NoCertifiedBound(f"no certified bound: the recorded forward's call {self.taken + 1} ({left.op}) "
+                                   "is not in the traced graph: the traced graph is another forward")
+
+
 # Per network: its trace (or the error tracing raised) and its plans by input shape. Holds no
 # reference to the network itself, so an entry goes with its network.
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -94,12 +129,23 @@ def _traced(module: nn.Module) -> fx.GraphModule | Exception:
     return entry["trace"]
 
 
-def network_upper_bound(D: nn.Module, input_shape: Sequence[int], layer_upper: LayerUpper) -> float:
+def network_upper_bound(D: nn.Module, input_shape: Sequence[int], layer_upper: LayerUpper,
+                        calls: Sequence[RecordedCall] | None = None) -> float:
     """A certified upper bound on D's Lipschitz constant on inputs of `input_shape` (one sample,
     without the batch dimension), D's graph composed with `layer_upper` for its layers. The graph
     is traced once per D and propagated once per input shape (one eval-mode forward of zeros);
-    later calls only compose. Raises NoCertifiedBound naming an op it cannot bound."""
+    later calls only compose. Raises NoCertifiedBound naming an op it cannot bound.
+
+    With `calls` (one recorded forward's weight-using calls on the input, in order), a layer that a
+    forward calls functionally, `F.conv2d(x, weight computed there)`, is bounded by its recorded
+    call: the graph's weight-using ops are matched one to one with the calls, by op and shapes, or
+    refused. Such a plan holds those bounds, so it is made afresh each time."""
     shape = tuple(int(s) for s in input_shape)
+    if calls is not None:
+        recorded = _Recorded(calls)
+        plan = _plan(D, shape, "", recorded)
+        recorded.check_all_taken()
+        return _compose(plan, D, layer_upper)
     plans = _CACHE.setdefault(D, {}).setdefault("plans", {})
     if shape not in plans:
         plans[shape] = _plan(D, shape, "")
@@ -139,22 +185,22 @@ def _batchnorm_norm(bn: nn.Module) -> float:
     return float(scale.max()) * (1 + ROUNDING)
 
 
-def _plan(module: nn.Module, shape: tuple[int, ...], prefix: str):
+def _plan(module: nn.Module, shape: tuple[int, ...], prefix: str, recorded: _Recorded | None = None):
     """The composition plan of `module` (named `prefix` in the network) on inputs of `shape`."""
     if _is_known_leaf(module):
         out_shape = _forward_zeros(module, shape).shape
-        step = _module_step("out", "x", module, prefix.rstrip("."), (1, *shape), tuple(out_shape))
+        step = _module_step("out", "x", module, prefix.rstrip("."), (1, *shape), tuple(out_shape), recorded)
         return _GraphPlan((_Step("x", "input"), step), "out")
     traced = _traced(module)
     if not isinstance(traced, Exception):
-        return _graph_plan(module, traced, shape, prefix)
+        return _graph_plan(module, traced, shape, prefix, recorded)
     if not isinstance(module, nn.Sequential):
         detail = (str(traced).strip().splitlines() or [type(traced).__name__])[0][:120]
         raise NoCertifiedBound(f"no certified bound: {type(module).__name__} at {prefix.rstrip('.') or 'D'} "
                                f"cannot be traced ({detail}) and is not a plain chain")
     parts, x_shape = [], shape
     for name, child in module.named_children():  # each child on the input it really receives
-        parts.append(_plan(child, x_shape, f"{prefix}{name}."))
+        parts.append(_plan(child, x_shape, f"{prefix}{name}.", recorded))
         x_shape = tuple(_forward_zeros(child, x_shape).shape[1:])
     return _ChainPlan(tuple(parts))
 
@@ -167,7 +213,8 @@ def _forward_zeros(module: nn.Module, shape: Sequence[int]) -> Tensor:
         return module(x)
 
 
-def _graph_plan(module: nn.Module, traced: fx.GraphModule, shape: tuple[int, ...], prefix: str) -> _GraphPlan:
+def _graph_plan(module: nn.Module, traced: fx.GraphModule, shape: tuple[int, ...], prefix: str,
+                recorded: _Recorded | None) -> _GraphPlan:
     gm = fx.GraphModule(module, copy.deepcopy(traced.graph))  # shapes go on a copy of the graph
     param = next(module.parameters(), None)
     with torch.no_grad(), _eval_mode(module):
@@ -189,7 +236,7 @@ def _graph_plan(module: nn.Module, traced: fx.GraphModule, shape: tuple[int, ...
             raise NoCertifiedBound(f"no certified bound: {prefix.rstrip('.') or 'D'} takes a second input "
                                    f"({node.name}); the bound is on one input")
         elif any(n.name in dependent for n in node.all_input_nodes) and node.op != "get_attr":
-            step = _node_step(node, module, dependent, prefix)
+            step = _node_step(node, module, dependent, prefix, recorded)
             if step is not None:
                 steps.append(step)
                 dependent.add(node.name)
@@ -211,7 +258,7 @@ def _shape(node) -> tuple[int, ...] | None:
 SHAPE_QUERIES = {"size", "dim", "numel", "getattr", "ndimension", "nelement", "is_contiguous"}
 # Weight-using functional ops: bounded only as the module that holds the weight.
 _FUNCTIONAL_LAYERS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-                      "linear", "embedding", "bilinear"}
+                      "linear", "embedding", "bilinear", "batch_norm"}
 # Ops with Lipschitz constant 1 on the input they transform (activations with slopes in [0, 1],
 # reshapes, copies, projections, a change of dtype, a sign, zero padding).
 UNIT = {"relu", "relu_", "relu6", "tanh", "hardtanh", "softplus", "identity", "flatten", "unflatten",
@@ -220,7 +267,8 @@ UNIT = {"relu", "relu_", "relu6", "tanh", "hardtanh", "softplus", "identity", "f
         "negative", "chunk", "split", "unbind", "narrow", "select"}
 
 
-def _node_step(node: fx.Node, module: nn.Module, dependent: set[str], prefix: str) -> _Step | None:
+def _node_step(node: fx.Node, module: nn.Module, dependent: set[str], prefix: str,
+               recorded: _Recorded | None) -> _Step | None:
     """The step of a node whose value depends on the input (None: it is a shape, a constant)."""
     where = _where(node, prefix)
     in_shape = _shape(node.args[0]) if node.args else None
@@ -229,7 +277,7 @@ def _node_step(node: fx.Node, module: nn.Module, dependent: set[str], prefix: st
         if not isinstance(node.args[0], fx.Node) or len(node.all_input_nodes) != 1:
             raise NoCertifiedBound(f"no certified bound: {type(layer).__name__} with several inputs at {where}")
         return _module_step(node.name, node.args[0].name, layer, prefix + node.target, in_shape,
-                            _shape(node))
+                            _shape(node), recorded)
     if node.op == "call_method":
         name = node.target
     else:
@@ -246,8 +294,16 @@ def _node_step(node: fx.Node, module: nn.Module, dependent: set[str], prefix: st
                                                   if n.name in dependent] != [node.args[0].name]:
         raise NoCertifiedBound(f"no certified bound: {name} of several inputs at {where}")
     if name in _FUNCTIONAL_LAYERS:  # its weight is whatever the forward computed: no module to read it from
-        raise NoCertifiedBound(f"no certified bound: F.{name} called directly at {where}: the bound reads layers "
-                               "as modules (nn.Conv2d, nn.Linear, ...)")
+        if recorded is None:
+            raise NoCertifiedBound(f"no certified bound: F.{name} called directly at {where}: the bound reads "
+                                   "layers as modules (nn.Conv2d, nn.Linear, ...)")
+        weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        if name == "batch_norm":  # F.batch_norm(input, running_mean, running_var, weight, ...)
+            weight = node.args[3] if len(node.args) > 3 else node.kwargs.get("weight")
+        call = recorded.take(name, in_shape, _shape(weight), where)
+        if call.upper is None:
+            raise NoCertifiedBound(f"no certified bound: {name} at {where} (its recorded call has none)")
+        return _Step(node.name, "scale", (node.args[0].name,), (call.upper,))
     params = _params(name, node)
     factor = _factor(name, params, in_shape, _shape(node))
     if factor is None:
@@ -255,8 +311,11 @@ def _node_step(node: fx.Node, module: nn.Module, dependent: set[str], prefix: st
     return _Step(node.name, "scale", (node.args[0].name,), (factor,))
 
 
-def _module_step(name: str, input_name: str, layer: nn.Module, full: str, in_shape, out_shape) -> _Step:
+def _module_step(name: str, input_name: str, layer: nn.Module, full: str, in_shape, out_shape,
+                 recorded: _Recorded | None = None) -> _Step:
     """A module called on the input-dependent `input_name`: a layer, BatchNorm, or an op with a factor."""
+    if recorded is not None and isinstance(layer, SUPPORTED + (nn.modules.batchnorm._BatchNorm,)):
+        recorded.take(_op_of(layer), in_shape, None, full or "D")  # keeps the graph and the record in step
     if isinstance(layer, SUPPORTED):
         size = tuple(in_shape[2:]) if in_shape is not None and len(in_shape) > 2 else None
         return _Step(name, "layer", (input_name,), target=full, size=size)
@@ -267,6 +326,16 @@ def _module_step(name: str, input_name: str, layer: nn.Module, full: str, in_sha
     if factor is None:
         raise NoCertifiedBound(f"no certified bound: {type(layer).__name__} at {full or 'D'}")
     return _Step(name, "scale", (input_name,), (factor,))
+
+
+def _op_of(layer: nn.Module) -> str:
+    """The functional op a layer module calls (as sngan.diagnostics.forward_calls records it)."""
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        return "batch_norm"
+    if isinstance(layer, (nn.Linear, nn.Embedding)):
+        return "linear" if isinstance(layer, nn.Linear) else "embedding"
+    kind = "conv_transpose" if isinstance(layer, nn.modules.conv._ConvTransposeNd) else "conv"
+    return f"{kind}{len(layer.kernel_size)}d"
 
 
 # In eval mode these modules are the identity or 1-Lipschitz.
@@ -530,7 +599,9 @@ def _unit_rows(t: Tensor) -> Tensor:
 
 def _float64_copy(D: nn.Module) -> nn.Module:
     """A float64 eval-mode copy of D whose parametrized weights are fixed to the weights D's
-    forward uses now (read in eval mode: no power iteration advances, in D or in the copy)."""
+    forward uses now (read in eval mode: no power iteration advances, in D or in the copy). A
+    forward that advances its own state anyway (a wrapper's power step, even in eval mode) starts
+    every time from the state D has now: the copy is one function."""
     net = copy.deepcopy(D).eval()
     for layer in [m for m in net.modules() if parametrize.is_parametrized(m)]:
         for name, chain in layer.parametrizations.items():
@@ -538,7 +609,16 @@ def _float64_copy(D: nn.Module) -> nn.Module:
                 fixed = _Fixed(getattr(layer, name).detach().clone())
             for i in range(len(chain)):  # the class (shared with D's layer) stays as it is
                 chain[i] = fixed
-    return net.double().requires_grad_(False)
+    net = net.double().requires_grad_(False)
+    state = [(t, t.detach().clone()) for t in [*net.parameters(), *net.buffers()]]
+
+    def restore(module, args) -> None:
+        with torch.no_grad():
+            for t, value in state:
+                t.copy_(value)
+
+    net.register_forward_pre_hook(restore)
+    return net
 
 
 class _Fixed(nn.Module):
