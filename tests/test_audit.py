@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -128,6 +129,17 @@ def test_audit_of_a_model_written_elsewhere(third_party, name, normalization):
         first = convs[0]
         assert first["sigma_matrix"] == pytest.approx(1.0, abs=0.05) and first["operator_lower"] > 1.2
         assert any(w.startswith(first["layer"] + ":") for w in result["warnings"])
+    # The whole D's interval holds every input gradient of D's forward from the audited state.
+    whole, fresh = result["whole_network"], getattr(third_party_d, name)().eval()
+    state = {k: v.clone() for k, v in fresh.state_dict().items()}
+    for seed in range(4):
+        fresh.load_state_dict(state)
+        x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+        (grad,) = torch.autograd.grad(fresh(x).sum(), x)
+        assert float(grad.norm()) <= whole["upper"] * (1 + 1e-5)
+    assert 0 < whole["lower"] <= whole["upper"]
+    if name == "BlogNaive":  # the conv's bound on the weight it received (divided in place), then the mean
+        assert whole["upper"] == pytest.approx(convs[0]["operator_upper"] / math.sqrt(8 * 16 * 16), rel=1e-8)
 
 
 def test_audit_of_a_whole_saved_module_and_of_an_sngan_run(third_party, tmp_path):

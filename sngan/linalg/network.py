@@ -136,10 +136,11 @@ def network_upper_bound(D: nn.Module, input_shape: Sequence[int], layer_upper: L
     is traced once per D and propagated once per input shape (one eval-mode forward of zeros);
     later calls only compose. Raises NoCertifiedBound naming an op it cannot bound.
 
-    With `calls` (one recorded forward's weight-using calls on the input, in order), a layer that a
-    forward calls functionally, `F.conv2d(x, weight computed there)`, is bounded by its recorded
-    call: the graph's weight-using ops are matched one to one with the calls, by op and shapes, or
-    refused. Such a plan holds those bounds, so it is made afresh each time."""
+    With `calls` (one recorded forward's weight-using calls on the input, in order), every layer is
+    bounded by its recorded call, on the weight that call received: a layer that a forward calls
+    functionally, `F.conv2d(x, weight computed there)`, as well as a module whose hook divides its
+    weight in place first. The graph's weight-using ops are matched one to one with the calls, by
+    op and shapes, or refused. Such a plan holds those bounds, so it is made afresh each time."""
     shape = tuple(int(s) for s in input_shape)
     if calls is not None:
         recorded = _Recorded(calls)
@@ -315,7 +316,12 @@ def _module_step(name: str, input_name: str, layer: nn.Module, full: str, in_sha
                  recorded: _Recorded | None = None) -> _Step:
     """A module called on the input-dependent `input_name`: a layer, BatchNorm, or an op with a factor."""
     if recorded is not None and isinstance(layer, SUPPORTED + (nn.modules.batchnorm._BatchNorm,)):
-        recorded.take(_op_of(layer), in_shape, None, full or "D")  # keeps the graph and the record in step
+        # The weight its recorded call received, not the stored one: a hook may divide it in place first.
+        call = recorded.take(_op_of(layer), in_shape, None, full or "D")
+        if call.upper is None:
+            raise NoCertifiedBound(f"no certified bound: {type(layer).__name__} at {full or 'D'} (its recorded call "
+                                   "has none)")
+        return _Step(name, "scale", (input_name,), (call.upper,))
     if isinstance(layer, SUPPORTED):
         size = tuple(in_shape[2:]) if in_shape is not None and len(in_shape) > 2 else None
         return _Step(name, "layer", (input_name,), target=full, size=size)
@@ -610,6 +616,10 @@ def _float64_copy(D: nn.Module) -> nn.Module:
             for i in range(len(chain)):  # the class (shared with D's layer) stays as it is
                 chain[i] = fixed
     net = net.double().requires_grad_(False)
+    for m in net.modules():  # a tensor kept as a plain attribute (a hand-rolled hook's u) goes too
+        for k, v in list(vars(m).items()):
+            if torch.is_tensor(v) and v.is_floating_point():
+                object.__setattr__(m, k, v.detach().double())
     state = [(t, t.detach().clone()) for t in [*net.parameters(), *net.buffers()]]
 
     def restore(module, args) -> None:
