@@ -67,7 +67,8 @@ def plot_survival(path: Path, groups: dict, curves: list[dict]) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("step")
     ax.set_ylabel("share of runs not yet collapsed")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no curves (no evaluations yet): no legend
+        ax.legend(fontsize=8)
     _save(plt, fig, path)
 
 
@@ -91,7 +92,8 @@ def plot_signature(path: Path, groups: dict, curves: list[dict]) -> None:
         if log_y:
             ax.set_yscale("log")
     axes[0].axhline(1.0, color="grey", lw=0.6, ls="--")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
     _save(plt, fig, path)
 
 
