@@ -304,6 +304,18 @@ def row_warnings(row: dict) -> list[str]:
     return []
 
 
+class _Labelled(nn.Module):
+    """D(x, y) with its class label fixed: a function of the image alone, as the bound needs."""
+
+    def __init__(self, D: nn.Module, label: int):
+        super().__init__()
+        self.D = D
+        self.register_buffer("label", torch.tensor([label]))
+
+    def forward(self, x):
+        return self.D(x, self.label)
+
+
 def whole_network_bounds(model: nn.Module, input_shape: tuple[int, ...], label: int | None,
                          calls: list | None = None) -> dict | None:
     """The certified interval on the whole D's Lipschitz constant, through its graph, from
@@ -312,8 +324,6 @@ def whole_network_bounds(model: nn.Module, input_shape: tuple[int, ...], label: 
     bounds = getattr(sngan.sigma, "network_lipschitz_bounds", None)
     if bounds is None:
         return None
-    if label is not None:
-        return {"error": "not available for a discriminator that takes a label"}
     # A weight a wrapper computed and set as a plain attribute (christiancosgrove's SpectralNorm)
     # still holds the recorded forward's graph, which deepcopy refuses: copy its value instead.
     computed = {id(v): v.detach().clone() for m in model.modules() for v in vars(m).values()
@@ -322,6 +332,9 @@ def whole_network_bounds(model: nn.Module, input_shape: tuple[int, ...], label: 
         copied = copy.deepcopy(model, computed)  # whatever that function registers or runs, the model stays as it is
     except Exception as e:
         return {"error": f"the model cannot be copied for it ({type(e).__name__})"}
+    if label is not None:  # a function of the image: the label's embedding row is a fixed factor
+        copied = _Labelled(copied, label)
+        calls = None if calls is None else [c for c in calls if c.op != "embedding"]
     try:
         lower, upper = bounds(copied, input_shape, calls=calls)
     except Exception as e:  # another module's limits must not end the audit: say what they were
@@ -346,7 +359,7 @@ def report_text(result: dict) -> str:
     lines.append(f"\nProduct of the upper bounds: {'none' if product is None else f'{product:.4g}'} (a certified "
                  "bound on the Lipschitz constant if the network is a plain chain of these layers with "
                  "1-Lipschitz activations; not for skip connections or a projection head)")
-    lines += [whole_network_line(result["whole_network"])]
+    lines += [whole_network_line(result["whole_network"], result["label"])]
     if result["internal_calls"]:
         lines.append("Left out, as calls on the model's own state rather than on its input (e.g. a sigma "
                      "estimate): " + ", ".join(result["internal_calls"]))
@@ -354,12 +367,13 @@ def report_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def whole_network_line(whole: dict | None) -> str:
+def whole_network_line(whole: dict | None, label: int | None = None) -> str:
     if whole is None:
         return "whole D: no certified bound through its graph yet (sngan.sigma.network_lipschitz_bounds is absent)"
     if "error" in whole:
         return f"whole D: no certified Lipschitz interval ({whole['error']})"
-    return f"whole D: certified Lipschitz interval [{whole['lower']:.4g}, {whole['upper']:.4g}]"
+    given = "" if label is None else f" in the image, for label {label}"
+    return f"whole D: certified Lipschitz interval{given} [{whole['lower']:.4g}, {whole['upper']:.4g}]"
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -6,6 +6,7 @@ norm (a dense SVD of the layer's full matrix)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import foreign_discriminators as foreign
 import foreign_frobenius
 from audit_checks import captured_calls, check_layer_by_layer, same_weights, state_of
 from helpers import dense_sigma
-from sngan.audit import audit
+from sngan.audit import audit, report_text
 from sngan.linalg.network import NoCertifiedBound, RecordedCall, network_upper_bound
 
 TESTS = Path(__file__).resolve().parent
@@ -231,3 +232,55 @@ def test_a_graph_that_is_not_the_recorded_forward_is_refused():
     with pytest.raises(NoCertifiedBound, match=r"conv2d at shortcut is not the recorded forward's call 3 "
                                                r"\(linear on 1x100\): the traced graph is another forward"):
         network_upper_bound(D, shape, lambda name, layer, size: 1.0, wrong)
+
+
+class _LinearProjection(nn.Module):
+    """A projection head (the SNGAN paper's conditional D, BigGAN's): l(h) + <embed(y), h>, on
+    sum-pooled conv features; linear in the image for a fixed label."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.l = nn.Linear(4, 1, bias=False)
+        self.embed = nn.Embedding(5, 4)
+
+    def forward(self, x, y):
+        h = self.conv(x).sum(dim=(2, 3))
+        return self.l(h) + (self.embed(y) * h).sum(1, keepdim=True)
+
+
+def test_whole_d_interval_of_a_projection_discriminator_for_a_label():
+    D, shape, label = _LinearProjection(), (3, 5, 5), 3
+    result = audit(D, shape, label)
+    conv, head = (r["operator_upper"] for r in result["layers"][:2])
+    row = D.embed.weight[label].detach().double()
+    n = math.prod(shape)
+    D64 = copy.deepcopy(D).double()
+    with torch.no_grad():  # the whole map's one row, from unit inputs
+        exact = float(torch.linalg.matrix_norm(D64(torch.eye(n, dtype=torch.float64).view(n, *shape),
+                                                   torch.full((n,), label)), ord=2))
+    whole = result["whole_network"]
+    assert whole["lower"] <= exact <= whole["upper"] and whole["lower"] == pytest.approx(exact, rel=1e-6)
+    # Sum pooling over 5x5 (sqrt 25), then the head plus the product by the label's row (max |row|)
+    # summed over 4 channels (sqrt 4): the embedding is a fixed factor, not a layer on the image.
+    assert whole["upper"] == pytest.approx(conv * 5 * (head + float(row.abs().max()) * 2), rel=1e-8)
+    assert "whole D: certified Lipschitz interval in the image, for label 3" in report_text(result)
+
+
+class _CopiesItsInput(nn.Module):
+    """A product by a fixed tensor that broadcasts the input (its entries copied twice): no
+    diagonal map, so max |c| is no bound."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1, bias=False)
+        self.register_buffer("c", torch.ones(2, 1, 1, 1, 1))
+
+    def forward(self, x):
+        return (self.c * self.conv(x)).sum(0).flatten(1).sum(1)
+
+
+def test_a_product_that_copies_the_input_is_refused():
+    whole = audit(_CopiesItsInput(), (3, 5, 5))["whole_network"]
+    assert whole == {"error": "NoCertifiedBound: no certified bound: mul by a tensor or by the input at D (node mul)"}

@@ -62,14 +62,14 @@ def _audit(args: list, folder: Path, cwd: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def _gradient_norms(D: torch.nn.Module, shape: tuple[int, ...], points: int = 8) -> list[float]:
-    """Norms of D's input gradient at random points, each forward from D's state now (its wrapper
-    advances u and v even in eval mode)."""
+def _gradient_norms(D: torch.nn.Module, shape: tuple[int, ...], *label, points: int = 8) -> list[float]:
+    """Norms of D's input gradient at random points, each forward from D's state now (a wrapper
+    may advance u and v even in eval mode)."""
     state, norms = state_of(D), []
     D.eval()
     for i in range(points):
         x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(i), requires_grad=True)
-        (grad,) = torch.autograd.grad(D(x).sum(), x)
+        (grad,) = torch.autograd.grad(D(x, *label).sum(), x)
         norms.append(float(grad.norm()))
         D.load_state_dict(state)
     D.train()
@@ -147,6 +147,7 @@ def test_biggan_projection_discriminator_saved_by_its_script(tmp_path):
         check_layer_by_layer(result, calls)
         same_weights(D, (x, y), calls)
         assert all(torch.equal(v, state_of(D)[k]) for k, v in before.items())
+        gradients = _gradient_norms(D, (3, 16, 16), y)
 
     rows = result["layers"]
     assert [r["call"] for r in rows][-2:] == ["linear", "embedding"]
@@ -157,4 +158,6 @@ def test_biggan_projection_discriminator_saved_by_its_script(tmp_path):
     assert embedding["layer"] == "embed" and embedding["indices"] == [7]
     assert embedding["label_norm"] == pytest.approx(float(calls[-1]["weight"][7].double().norm()), rel=1e-9)
     assert any(r["operator_lower"] > 1.2 for r, c in zip(rows, calls) if c["weight"].shape[2:] == (3, 3))
-    assert result["whole_network"] == {"error": "not available for a discriminator that takes a label"}
+    # The projection head with the label fixed: the class embedding's row is a fixed factor.
+    whole = result["whole_network"]
+    assert 0 < whole["lower"] <= whole["upper"] and max(gradients) <= whole["upper"]

@@ -219,7 +219,7 @@ def _graph_plan(module: nn.Module, traced: fx.GraphModule, shape: tuple[int, ...
     gm = fx.GraphModule(module, copy.deepcopy(traced.graph))  # shapes go on a copy of the graph
     param = next(module.parameters(), None)
     with torch.no_grad(), _eval_mode(module):
-        ShapeProp(gm).propagate(torch.zeros((1, *shape), dtype=param.dtype if param is not None else None,
+        (ShapeProp if recorded is None else _ConstantProp)(gm).propagate(torch.zeros((1, *shape), dtype=param.dtype if param is not None else None,
                                             device=param.device if param is not None else None))
     steps: list[_Step] = []
     dependent: set[str] = set()
@@ -242,6 +242,25 @@ def _graph_plan(module: nn.Module, traced: fx.GraphModule, shape: tuple[int, ...
                 steps.append(step)
                 dependent.add(node.name)
     return _GraphPlan(tuple(steps), output)
+
+
+class _ConstantProp(ShapeProp):
+    """ShapeProp that also keeps the value of every tensor that does not depend on the input (a
+    class embedding's row in a projection head), for a product by it. Only for a plan made afresh
+    (recorded calls): a kept value would go stale in a cached plan as the weights train."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self._input_dependent: set[fx.Node] = set()
+
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        if (n.op == "placeholder" and not self._input_dependent) or any(
+                a in self._input_dependent for a in n.all_input_nodes):
+            self._input_dependent.add(n)
+        elif isinstance(result, Tensor):
+            n.meta["constant"] = result.detach()
+        return result
 
 
 def _where(node: fx.Node, prefix: str) -> str:
@@ -399,11 +418,23 @@ def _binary_step(node: fx.Node, name: str, dependent: set[str], where: str) -> _
                  if dep]
         return _Step(node.name, "sum", tuple(n for _, n in terms), tuple(c for c, _ in terms))
     scalar = b if a_dep else a
+    if isinstance(scalar, fx.Node) and "constant" in scalar.meta and not (a_dep and b_dep):
+        scalar = _elementwise_factor(scalar.meta["constant"], _shape(a if a_dep else b), _shape(node), base in _MUL)
     if (a_dep and b_dep) or not isinstance(scalar, (int, float)) or (base in _DIV and (not a_dep or scalar == 0)) \
             or node.kwargs.get("rounding_mode") is not None:
         raise NoCertifiedBound(f"no certified bound: {name} by a tensor or by the input at {where}")
     factor = abs(float(scalar)) if base in _MUL else 1 / abs(float(scalar))
     return _Step(node.name, "scale", ((a if a_dep else b).name,), (factor,))
+
+
+def _elementwise_factor(c: Tensor, x_shape, out_shape, multiply: bool) -> float | None:
+    """The number that bounds x -> c * x (or x / c) as a product (quotient) by it, for a fixed
+    tensor c broadcast over x, not x over c: a diagonal map of norm max |c| (1 / min |c|). None
+    where x is broadcast (its entries copied) or c is not a real number."""
+    if x_shape is None or tuple(x_shape) != tuple(out_shape or ()) or c.numel() == 0 or c.is_complex():
+        return None
+    magnitude = c.detach().abs().double()
+    return float(magnitude.max() if multiply else magnitude.min())
 
 
 # Positional parameters after the input, by op (the module forms pass them by name).
