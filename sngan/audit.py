@@ -17,8 +17,9 @@ reshaped sigma (reshaped-kernel SN), / operator norm, / something else, = stored
 unknown. Eval-mode BatchNorm is a per-channel gain; a class embedding's norm on one-hot inputs
 is its largest row norm. The verdict: the product of the upper bounds (a certified bound on the
 Lipschitz constant when the network is a plain chain of these layers with 1-Lipschitz
-activations, no skip connections), and a warning for every normalized layer whose operator norm
-is far above 1. No hook is added to the model, and its parameters, buffers and train/eval flags
+activations, no skip connections); the whole D's certified interval through its graph, every
+layer bounded by its recorded call (for a projection D, in the image for the label given); and a
+warning for every normalized layer whose operator norm is far above 1. No hook is added to the model, and its parameters, buffers and train/eval flags
 are put back after the forward: the model is audited as it is.
 """
 
@@ -319,8 +320,8 @@ class _Labelled(nn.Module):
 def whole_network_bounds(model: nn.Module, input_shape: tuple[int, ...], label: int | None,
                          calls: list | None = None) -> dict | None:
     """The certified interval on the whole D's Lipschitz constant, through its graph, from
-    sngan.sigma.network_lipschitz_bounds(D, input_shape) when that exists (None otherwise);
-    `calls`, the recorded forward's, bound the layers it calls functionally."""
+    sngan.sigma.network_lipschitz_bounds(D, input_shape) when that exists (None otherwise); with
+    `calls` (the recorded forward's), every layer is bounded on the weight its call received."""
     bounds = getattr(sngan.sigma, "network_lipschitz_bounds", None)
     if bounds is None:
         return None
