@@ -25,7 +25,7 @@ from pathlib import Path
 SEEDS = range(16, 48)
 PAIR = ("naive", "reshaped")
 FINISHED = ("ok", "diverged")
-PRIMARY_ROW = re.compile(r"^\| \*\*primary\*\*[^|]*\|[^|]*\| (?P<z>[-0-9.]+) \| (?P<p>[0-9.e+-]+) \|", re.M)
+PRIMARY_ROW = re.compile(r"^\| \*\*primary\*\*[^|]*\|[^|]*\| (?P<z>[-0-9.]+|nan) \| (?P<p>[0-9.e+-]+|nan) \|", re.M)
 
 
 def read_times(path: Path) -> tuple[dict[str, list[tuple[int, bool]]], dict[str, int]]:
@@ -57,6 +57,8 @@ def logrank(a: list[tuple[int, bool]], b: list[tuple[int, bool]]) -> tuple[float
         if at_risk > 1:
             variance += Fraction(events * at_risk_a * (at_risk - at_risk_a) * (at_risk - events),
                                  at_risk * at_risk * (at_risk - 1))
+    if variance == 0:  # no collapse in either variant: the test is undefined (scipy gives nan too)
+        return math.nan, math.nan
     z = float(observed_minus_expected) / math.sqrt(variance)
     return z, 0.5 * math.erfc(z / math.sqrt(2))
 

@@ -123,6 +123,7 @@ def test_the_independent_recomputation_matches_the_hand_worked_example():
     z, p = recompute.logrank([(100, True), (200, False), (300, True)], [(200, True), (400, False), (400, False)])
     expected = (23 / 30) / math.sqrt(1 / 4 + 6 / 25 + 2 / 9)  # worked above
     assert z == pytest.approx(expected, rel=1e-12) and p == pytest.approx(0.5 * math.erfc(expected / math.sqrt(2)))
+    assert all(math.isnan(v) for v in recompute.logrank([(1500, False)], [(1500, False)]))  # no collapse at all
 
 
 def test_the_independent_recomputation_checks_the_reports_p(tmp_path):
