@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from sngan.run.errors import UserError
-from sngan.diagnostics.monitor import eval_mode
+from sngan.linalg.network import eval_mode
 
 DEFAULT_FEATURE_EXTRACTOR = "inception-v3-compat"
 

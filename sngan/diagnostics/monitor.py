@@ -12,9 +12,7 @@ import math
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -22,22 +20,9 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from sngan.linalg.network import NoCertifiedBound, input_shape_from_layers, network_upper_bound
+from sngan.linalg.network import NoCertifiedBound, eval_mode, input_shape_from_layers, network_upper_bound
 from sngan.sigma import effective_weight, matrix_sigma, operator_sigma_interval
 from sngan.spectral import normalized_layers, reshape_dim
-
-
-@contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Switch modules (and all their children) to eval mode, then restore each child's own flag."""
-    saved = [(m, m.training) for module in modules for m in module.modules()]
-    for module in modules:
-        module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in saved:
-            m.training = mode
 
 
 def layer_input_sizes(D: nn.Module, image_shape: tuple[int, ...], device) -> dict[str, tuple[int, ...] | None]:

@@ -108,9 +108,11 @@ _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary
 
 
 @contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    saved = [(m, m.training) for m in module.modules()]
-    module.eval()
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Switch modules (and all their children) to eval mode, then restore each child's own flag."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
     try:
         yield
     finally:
@@ -122,7 +124,7 @@ def _traced(module: nn.Module) -> fx.GraphModule | Exception:
     entry = _CACHE.setdefault(module, {})
     if "trace" not in entry:
         try:
-            with _eval_mode(module):  # a forward's `if self.training` is read at trace time
+            with eval_mode(module):  # a forward's `if self.training` is read at trace time
                 entry["trace"] = fx.symbolic_trace(module)
         except Exception as e:  # noqa: BLE001 (any tracing failure means: use the module tree)
             entry["trace"] = e
@@ -210,7 +212,7 @@ def _forward_zeros(module: nn.Module, shape: Sequence[int]) -> Tensor:
     param = next(module.parameters(), None)
     x = torch.zeros((1, *shape), dtype=param.dtype if param is not None else torch.float32,
                     device=param.device if param is not None else None)
-    with torch.no_grad(), _eval_mode(module):
+    with torch.no_grad(), eval_mode(module):
         return module(x)
 
 
@@ -218,7 +220,7 @@ def _graph_plan(module: nn.Module, traced: fx.GraphModule, shape: tuple[int, ...
                 recorded: _Recorded | None) -> _GraphPlan:
     gm = fx.GraphModule(module, copy.deepcopy(traced.graph))  # shapes go on a copy of the graph
     param = next(module.parameters(), None)
-    with torch.no_grad(), _eval_mode(module):
+    with torch.no_grad(), eval_mode(module):
         (ShapeProp if recorded is None else _ConstantProp)(gm).propagate(torch.zeros((1, *shape), dtype=param.dtype if param is not None else None,
                                             device=param.device if param is not None else None))
     steps: list[_Step] = []
