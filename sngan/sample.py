@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from sngan.run import checkpoint
 from sngan.diagnostics import monitor
@@ -50,6 +49,8 @@ def write_images(images: torch.Tensor, out: Path, step: int) -> None:
     if out.suffix.lower() == ".png":
         monitor.save_grid(images, out, label=f"step {step}")
     else:
+        from torchvision.utils import save_image  # here: importing torchvision takes seconds
+
         for i, image in enumerate(images):
             save_image(image, out / f"{i:06d}.png", normalize=True, value_range=(-1, 1))
 

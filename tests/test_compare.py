@@ -1,5 +1,6 @@
 """The seed study's report (sngan.report, through scripts/compare_variants.py) on a fabricated sweep
-folder: every number checked by hand."""
+folder: every number checked by hand. The script runs in this process, through its own `main` and
+`run_main`; test_bad_input and test_runinfo run it as a real command."""
 
 from __future__ import annotations
 
@@ -7,19 +8,17 @@ import csv
 import itertools
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from helpers import ROOT
+from helpers import load_script
 from sngan.report.csvs import RUN_COLUMNS, read_csv, write_csv
 from sngan.report.stats import by_variant, early_warning, median_iqr, pairwise, wilson
 
-SCRIPT = ROOT / "scripts" / "compare_variants.py"
+SCRIPT = load_script("compare_variants.py")
 STEPS = [100, 200, 300, 400, 500]
 # clean_rate every 100 steps. naive: three of four collapse (best >= 0.1, later < 0.3 x best);
 # reshaped: none does (seed 3 never reaches 0.1, so its drop is no collapse).
@@ -99,16 +98,27 @@ def mann_whitney_by_hand(x, y):
     return min(1.0, 2 * min(low, high))
 
 
-def _report(*args):
-    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return proc
+def _compare(capsys, *args) -> tuple[int, str]:
+    """scripts/compare_variants.py with `args`, as its command line runs it: (exit code, stderr)."""
+    capsys.readouterr()
+    try:
+        SCRIPT.run_main(lambda: SCRIPT.main(list(map(str, args))))
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err
 
 
-def test_runs_csv_and_report_match_hand_computed_statistics(sweep, tmp_path):
+def _report(capsys, *args) -> str:
+    code, err = _compare(capsys, *args)
+    assert code == 0, err
+    return err
+
+
+def test_runs_csv_and_report_match_hand_computed_statistics(sweep, tmp_path, capsys):
     out = tmp_path / "report"
-    proc = _report("--collect", sweep, "--out", out)
-    assert "failed run" in proc.stderr and "got -1" in proc.stderr  # the reason reaches the console
+    err = _report(capsys, "--collect", sweep, "--out", out)
+    assert "failed run" in err and "got -1" in err  # the reason reaches the console
     with open(out / "runs.csv") as f:
         rows = {(r["variant"], int(r["seed"])): r for r in csv.DictReader(f)}
     expected_collapse = {("naive", 0): "300", ("naive", 1): "400", ("naive", 2): "200", ("naive", 3): "",
@@ -157,21 +167,21 @@ def test_runs_csv_and_report_match_hand_computed_statistics(sweep, tmp_path):
     again.mkdir()
     for name in ("runs.csv", "curves.csv"):
         (again / name).write_text((out / name).read_text())
-    _report("--out", again)
+    _report(capsys, "--out", again)
     strip_plots = lambda t: t.split("Plots:")[0]
     assert strip_plots((again / "report.md").read_text()) == strip_plots(text)
 
 
-def test_a_study_continued_in_a_new_sweep_folder_keeps_its_earlier_runs(sweep, tmp_path):
+def test_a_study_continued_in_a_new_sweep_folder_keeps_its_earlier_runs(sweep, tmp_path, capsys):
     out = tmp_path / "report"
-    _report("--collect", sweep, "--out", out)
+    _report(capsys, "--collect", sweep, "--out", out)
     before = (out / "runs.csv").read_text().splitlines()
     later = tmp_path / "later"  # the earlier folders are gone; one new run, and seed 8 trained again
     _fabricate_run(later / "seed=4,variant=reshaped", "reshaped", 4, [0.1, 0.2, 0.3, 0.3, 0.3], 6,
                    status={"status": "ok", "step": 500})
     _fabricate_run(later / "seed=8,variant=reshaped", "reshaped", 8, [0.1, 0.2, 0.3, 0.3, 0.3], 6,
                    status={"status": "ok", "step": 500})
-    _report("--collect", later, "--add-csv", out, "--out", out)
+    _report(capsys, "--collect", later, "--add-csv", out, "--out", out)
     with open(out / "runs.csv") as f:
         rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(f)}
     assert len(rows) == len(before)  # 10 earlier rows (header aside) + 1 new, seed 8 replaced
@@ -213,12 +223,9 @@ def test_runs_csv_reads_back_what_was_written(tmp_path):
     assert back["collapse_step"] is None and back["reason"] == "1" and back["run"] == "7"  # text stays text
 
 
-def test_bad_arguments_are_one_line_errors(tmp_path):
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     for args, message in ((["--out", tmp_path / "r", "--collect", tmp_path / "missing"], "no such folder"),
                           (["--out", tmp_path / "r"], "no runs.csv"),
                           (["--out", tmp_path / "r", "--collect", tmp_path], "no runs")):
-        proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 2 and message in proc.stderr.splitlines()[-1] and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "--collect" in proc.stdout
+        code, err = _compare(capsys, *args)
+        assert code == 2 and message in err.splitlines()[-1] and "Traceback" not in err

@@ -60,6 +60,7 @@ def test_global_batch_must_split_over_the_ranks():
         BatchStream(_Indexed(), batch_size=9, seed=0, rank=0, world_size=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["naive", "operator"])
 def test_two_gloo_ranks_keep_identical_replicas(tmp_path, variant):
     ok(torchrun([*TINY, f"variant={variant}", "train.steps=4", "ckpt.every=2", "log.every=2",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasets_on_disk import register_test_features, skip_cifar10_md5, write_celeba, write_cifar10
-from helpers import QUIET, TINY_MODEL, read_scalars, run_cli, train_tiny
+from helpers import QUIET, TINY_MODEL, call, read_scalars, run_cli, train_tiny
 from sngan.run import checkpoint
 from sngan.run.errors import UserError
 from sngan.evaluate import evaluate
@@ -117,9 +117,9 @@ def test_unavailable_inception_weights_stop_a_real_data_run_before_it_starts(tmp
 
 @pytest.mark.parametrize("args,message", [([], "missing ckpt"), (["ckpt=/nonexistent"], "does not exist"),
                                           (["ckpt=x", "n=1"], "n must be an integer >= 2")])
-def test_bad_arguments(tmp_path, args, message):
-    proc = run_cli(args, cwd=tmp_path, module="sngan.evaluate")
-    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_arguments(capsys, args, message):
+    code, err, _ = call("evaluate", args, capsys)  # its main, in this process; test_bad_input runs real commands
+    assert code != 0 and message in err and "Traceback" not in err
 
 
 # --- published protocols ----------------------------------------------------------------------

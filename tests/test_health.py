@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import TINY, read_scalars, run_cli
+from helpers import read_scalars, train_tiny
 from sngan.diagnostics.health import GM_LIMIT, SIGMA_LIMIT, Health, replay
 
 # Per-layer sigmas read (log.every=1) from runs of the embedded default, seeds 0-2: the claimed
@@ -174,11 +174,11 @@ def test_replay_runs_the_trainers_checks_over_logged_values():
 
 @pytest.mark.parametrize("variant,warns", [("naive", True), ("reshaped", False), ("builtin", False),
                                            ("operator", False)])
-def test_a_20_step_run_warns_only_for_naive(tmp_path, variant, warns):
+def test_a_20_step_run_warns_only_for_naive(tmp_path, capsys, variant, warns):
     run = tmp_path / variant
-    proc = run_cli(TINY + [f"variant={variant}", "train.steps=20", "log.eval_every=1000",
-                           "log.sample_every=1000", f"hydra.run.dir={run}"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    code, err, _ = train_tiny(run, [f"variant={variant}", "train.steps=20", "log.eval_every=1000",
+                                    "log.sample_every=1000"], via="main", capsys=capsys)
+    assert code == 0, err
     log = (run / "train.log").read_text()
     assert ("WARNING" in log and "normalization violated" in log) == warns, log
     assert "health: normalization " + ("violated" if warns else "held") in log
@@ -186,14 +186,14 @@ def test_a_20_step_run_warns_only_for_naive(tmp_path, variant, warns):
     assert [s for s, _ in flags] == [20] and flags[-1][1] == float(warns)
 
 
-def test_the_signature_layout_puts_every_layer_on_one_chart(tmp_path):
+def test_the_signature_layout_puts_every_layer_on_one_chart(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     run = tmp_path / "run"
-    proc = run_cli(TINY + ["train.steps=2", "log.eval_every=1000", "log.sample_every=1000", f"hydra.run.dir={run}"],
-                   cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    code, err, _ = train_tiny(run, ["train.steps=2", "log.eval_every=1000", "log.sample_every=1000"], via="main",
+                              capsys=capsys)
+    assert code == 0, err
     acc = EventAccumulator(str(run))
     acc.Reload()
     proto = acc.Tensors("custom_scalars__config__")[0].tensor_proto

@@ -27,6 +27,7 @@ def small_protocols(monkeypatch):
         monkeypatch.setitem(metrics.PROTOCOLS, name, dataclasses.replace(metrics.PROTOCOLS[name], **counts))
 
 
+@pytest.mark.slow
 def test_reproduce_trains_evaluates_and_prints_the_published_numbers(tmp_path, capsys, small_protocols):
     write_stl10(tmp_path / "stl", n_unlabeled=16)
     run = tmp_path / "run"

@@ -117,6 +117,7 @@ def test_snapshot_retention(tmp_path):
     assert names == ["last.pt", "step_0000005.pt", "step_0000006.pt"]
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     """Kill -9 anywhere (checkpoint writes included, ckpt.every=1), resume, and match a straight run."""
     args = ["log.every=5", *NO_SAMPLES, "ckpt.every=1", "train.steps=60"]

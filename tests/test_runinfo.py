@@ -13,6 +13,7 @@ import pytest
 from helpers import run_script, train_tiny
 
 
+@pytest.mark.slow
 def test_a_run_introduces_itself_and_its_commands_work(tmp_path):
     run = tmp_path / "outputs" / "seed=0,variant=naive"  # a sweep job's name: '=' and ',' need quoting
     proc = train_tiny(run, ["variant=naive", "train.steps=4", "log.every=2", "log.sample_every=4", "log.eval_every=4"],

@@ -131,6 +131,7 @@ def _spread():
 
 @pytest.mark.parametrize("make,size", CONFIGS + _spread())
 @pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.filterwarnings("ignore:Using padding=.same.")
 def test_certified_interval_brackets_the_dense_norm(make, size, normalized):
     torch.manual_seed(0)
     layer = make()

@@ -222,11 +222,12 @@ def test_trains_on_a_celeba_folder_of_jpegs_from_the_cli(tmp_path):
     (["resume=true"], "nothing to resume"),
     (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], "device"),
 ])
-def test_bad_input_fails_cleanly(tmp_path, args, message):
-    proc = train_tiny(tmp_path / "run", ["train.steps=1", *args], base=TINY_MODEL, via="cli")
-    assert proc.returncode != 0
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
+def test_bad_input_fails_cleanly(tmp_path, capsys, args, message):
+    """Through the command's main and Hydra, in this process (test_bad_input runs some as real commands)."""
+    code, err, out = train_tiny(tmp_path / "run", ["train.steps=1", *args], base=TINY_MODEL, via="main", capsys=capsys)
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err + out
 
 
 @pytest.mark.parametrize("args,message", [

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 
 from sngan.run.errors import UserError
 
@@ -30,8 +29,17 @@ DOWNLOAD_TIMEOUT_S = 60.0
 CELEBA_CROP = 140  # the usual CelebA-64 preprocessing: centre 140x140 of the 178x218 aligned image (Mimicry: 178)
 
 
-def to_minus1_1() -> T.Compose:
+def _transforms():
+    """torchvision.transforms, imported when a real data set is built: importing torchvision takes
+    seconds, which a run on the embedded data set or a command that stops at a user error need not pay."""
+    from torchvision import transforms
+
+    return transforms
+
+
+def to_minus1_1():
     """PIL RGB image -> float32 (3, H, W) in [-1, 1]."""
+    T = _transforms()
     return T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
 
 
@@ -196,6 +204,7 @@ def stl10(root: str, resolution: int = 48, download: bool = False) -> Dataset:
         raise UserError(f"STL-10 not found in dataset.root={root} (expected {path}); {get_it}, "
                         "or run once online with dataset.download=true")
     # As torchvision.transforms.Resize on the PIL image: Mimicry's STL-10 preprocessing.
+    T = _transforms()
     return STL10Binary(path, T.Compose([T.Resize(resolution), to_minus1_1()]))
 
 
@@ -214,6 +223,7 @@ def celeba(root: str, resolution: int = 64, crop: int = CELEBA_CROP) -> Dataset:
             f"download img_align_celeba.zip ('Align&Cropped Images') from {CELEBA_URL} and unzip it in {root}, "
             "or run torchvision.datasets.CelebA(root, download=True) once online with gdown installed"
         )
+    T = _transforms()
     transform = T.Compose([T.CenterCrop(crop), T.Resize((resolution, resolution)), to_minus1_1()])
     return ImageFiles(files, transform)
 
@@ -228,5 +238,6 @@ def folder(root: str, resolution: int) -> Dataset:
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under dataset.root={root}; "
             "set dataset.root to a folder that contains images"
         )
+    T = _transforms()
     transform = T.Compose([T.Resize(resolution), T.CenterCrop(resolution), to_minus1_1()])
     return ImageFiles(files, transform)

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from sngan.linalg.network import NoCertifiedBound, eval_mode, input_shape_from_layers, network_upper_bound
@@ -123,6 +122,8 @@ def save_grid(images: Tensor, path: Path, label: str | None = None, min_size: in
     """A square-ish grid of images in [-1, 1], each enlarged with nearest-neighbour pixels to at
     least `min_size` px (16 px samples are unreadable at their own size), with an optional label
     strip on top; written as a PNG. Returns the grid as a (3, H, W) tensor in [0, 1]."""
+    from torchvision.utils import make_grid, save_image  # here: importing torchvision takes seconds
+
     scale = max(1, math.ceil(min_size / images.shape[-1]))
     if scale > 1:
         images = torch.nn.functional.interpolate(images.float(), scale_factor=scale, mode="nearest")
