@@ -51,24 +51,26 @@ def main(argv: list[str] | None = None) -> None:
                         "that no collected folder holds, e.g. a study continued in a new sweep folder; repeatable")
     a = p.parse_args(argv)
     scalars = None
+    if a.add_csv and not a.collect:
+        p.error("--add-csv goes with --collect; add --collect SWEEP, or drop --add-csv")
     for folder in a.add_csv or []:
         if not (folder / "runs.csv").is_file() or not (folder / "curves.csv").is_file():
-            p.error(f"--add-csv {folder}: no runs.csv and curves.csv there")
+            p.error(f"--add-csv {folder}: no runs.csv and curves.csv there; give the --out folder of an earlier report")
     if a.collect:
         missing = [str(root) for root in a.collect if not root.is_dir()]
         if missing:
-            p.error(f"--collect {', '.join(missing)}: no such folder")
+            p.error(f"--collect {', '.join(missing)}: no such folder; give the sweep's folder (hydra.sweep.dir), "
+                    "which holds the run folders")
         rows, curves, scalars = collect(a.collect)
         for folder in a.add_csv or []:  # read before OUT's CSVs are rewritten: DIR may be OUT
             rows, curves = merge(rows, curves, read_csv(folder / "runs.csv"), read_csv(folder / "curves.csv"))
         if not rows:
-            p.error(f"no runs (folders with .hydra/config.yaml) below {', '.join(map(str, a.collect))}")
+            p.error(f"no runs (folders with .hydra/config.yaml) below {', '.join(map(str, a.collect))}; give the "
+                    "sweep's folder (hydra.sweep.dir), which holds the run folders")
         writable_folder(a.out, "--out")
         write_csv(a.out / "runs.csv", rows, RUN_COLUMNS)
         write_csv(a.out / "curves.csv", curves, CURVE_COLUMNS)
     else:
-        if a.add_csv:
-            p.error("--add-csv goes with --collect")
         if not (a.out / "runs.csv").is_file() or not (a.out / "curves.csv").is_file():
             p.error(f"{a.out} holds no runs.csv and curves.csv: pass --collect SWEEP to read run folders")
         rows, curves = read_csv(a.out / "runs.csv"), read_csv(a.out / "curves.csv")

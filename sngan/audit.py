@@ -67,7 +67,8 @@ def load_model(target: str, state_dict: str | None,
         return model, None
     path = Path(target)
     if not path.exists():
-        raise UserError(f"{target} is neither an existing file or folder nor an import path MODULE:NAME")
+        raise UserError(f"{target} is neither an existing file or folder nor an import path MODULE:NAME; check the "
+                        "path, or give the class as MODULE:NAME (importable from here) with --state-dict FILE")
     if state_dict:
         raise UserError(f"--state-dict applies to MODULE:NAME only: {target} holds its own weights (a whole "
                         f"module or a run), so {state_dict} would be ignored; drop --state-dict, or give the "
@@ -101,9 +102,17 @@ def _from_factory(target: str) -> nn.Module:
     except (ImportError, AttributeError) as e:
         raise UserError(f"cannot import {target}: {e}; give MODULE:NAME of a module class or factory "
                         "importable from here (PYTHONPATH)") from None
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as e:  # a class whose constructor wants its settings
+        raise UserError(f"{target}() cannot be called without arguments ({e}); give MODULE:NAME of a function "
+                        "that builds the discriminator with its settings and returns it") from None
+    except ValueError:  # no signature to read (a builtin): let the call itself say
+        pass
     model = factory()
     if not isinstance(model, nn.Module):
-        raise UserError(f"{target}() returned a {type(model).__name__}, not a torch.nn.Module")
+        raise UserError(f"{target}() returned a {type(model).__name__}, not a torch.nn.Module; give MODULE:NAME of "
+                        "the discriminator's class, or of a function that returns the discriminator")
     return model
 
 
@@ -188,7 +197,8 @@ def forward_inputs(model: nn.Module, input_shape: tuple[int, ...], label: int | 
         varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
         name = f"{type(model).__name__}.forward{signature}"
         if label is not None and len(positional) < 2 and not varargs:
-            raise UserError(f"--label {label} given, but {name} takes no class label (no second argument)")
+            raise UserError(f"--label {label} given, but {name} takes no class label (no second argument); "
+                            "drop --label")
         if label is None and len(positional) >= 2 and positional[1].default is inspect.Parameter.empty:
             raise UserError(f"{name} needs a second argument: give --label N (a class index) to audit "
                             "a conditional discriminator")
@@ -416,11 +426,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             if a.state_key and not a.state_dict:
-                raise UserError("--state-key goes with --state-dict FILE (the checkpoint it picks from)")
+                raise UserError("--state-key goes with --state-dict FILE (the checkpoint it picks from); add --state-dict "
+                                "FILE, or drop --state-key")
             model, known_shape = load_model(a.model, a.state_dict, a.state_key)
             shape = a.input_shape or known_shape
             if shape is None:
-                raise UserError("--input-shape is needed (one sample's shape, e.g. 3,32,32)")
+                raise UserError("--input-shape is needed (one sample's shape, e.g. 3,32,32): a module class or a whole "
+                                "saved module does not record it; add --input-shape C,H,W")
             result = audit(model, shape, a.label)
     except UserError as e:
         sys.exit(f"error: {e}")

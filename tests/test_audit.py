@@ -66,6 +66,16 @@ class BlogNaive(nn.Module):
 
     def forward(self, x):
         return self.conv(x).mean((1, 2, 3))
+
+
+class NeedsWidth(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3)
+
+
+def settings():
+    return {"width": 8}
 '''
 
 
@@ -164,9 +174,15 @@ def test_audit_of_a_whole_saved_module_and_of_an_sngan_run(third_party, tmp_path
     (["no_such_module:D", "--input-shape", "3,16,16"], "cannot import no_such_module:D"),
     (["third_party_d:Missing", "--input-shape", "3,16,16"], "cannot import third_party_d:Missing"),
     (["third_party_d:LegacyD", "--input-shape", "3,32,32"], "a forward of shape (1, 3, 32, 32) failed"),
-    (["third_party_d:LegacyD"], "--input-shape is needed"),
+    (["third_party_d:LegacyD"], "add --input-shape C,H,W"),
     (["third_party_d:LegacyD", "--input-shape", "3,x"], "expected positive integers"),
-    (["no/such/model.pt", "--input-shape", "3,16,16"], "neither an existing file"),
+    (["third_party_d:NeedsWidth", "--input-shape", "3,16,16"],
+     "third_party_d:NeedsWidth() cannot be called without arguments (missing a required argument: 'width'); give "
+     "MODULE:NAME of a function that builds the discriminator"),
+    (["third_party_d:settings", "--input-shape", "3,16,16"],
+     "third_party_d:settings() returned a dict, not a torch.nn.Module; give MODULE:NAME of the discriminator's class"),
+    (["no/such/model.pt", "--input-shape", "3,16,16"], "neither an existing file or folder nor an import path "
+                                                     "MODULE:NAME; check the path, or give the class as MODULE:NAME"),
 ])
 def test_bad_input_is_one_line(third_party, args, message, capsys):
     from sngan.audit import main

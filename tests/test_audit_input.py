@@ -52,7 +52,8 @@ CASES = [
     ([MIMICRY, "--state-dict", "{root}/two_that_fit.pt", "--state-key", "D_emma"],
      "--state-key D_emma: {root}/two_that_fit.pt holds no state dict under 'D_emma'; its state dicts are under "
      "'D', 'D_ema'"),
-    ([MIMICRY, "--state-key", "D"], "--state-key goes with --state-dict FILE"),
+    ([MIMICRY, "--state-key", "D"], "--state-key goes with --state-dict FILE (the checkpoint it picks from); add "
+                                     "--state-dict FILE, or drop --state-key"),
     ([MIMICRY, "--state-dict", "{root}/whole.pt"], "a whole pickled module is audited by giving its file"),
     ([MIMICRY, "--state-dict", "{root}/other_model.pt"],
      "does not fit foreign_discriminators:MimicryDiscriminator: keys 2 missing (c1.weight, c2.weight); "

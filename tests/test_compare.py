@@ -224,8 +224,12 @@ def test_runs_csv_reads_back_what_was_written(tmp_path):
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
-    for args, message in ((["--out", tmp_path / "r", "--collect", tmp_path / "missing"], "no such folder"),
-                          (["--out", tmp_path / "r"], "no runs.csv"),
-                          (["--out", tmp_path / "r", "--collect", tmp_path], "no runs")):
+    sweep_folder = "give the sweep's folder (hydra.sweep.dir), which holds the run folders"
+    for args, message in ((["--out", tmp_path / "r", "--collect", tmp_path / "missing"], f"no such folder; {sweep_folder}"),
+                          (["--out", tmp_path / "r"], "no runs.csv and curves.csv: pass --collect SWEEP"),
+                          (["--out", tmp_path / "r", "--collect", tmp_path], f"; {sweep_folder}"),
+                          (["--out", tmp_path / "r", "--add-csv", tmp_path], "add --collect SWEEP, or drop --add-csv"),
+                          (["--out", tmp_path / "r", "--collect", tmp_path, "--add-csv", tmp_path / "r"],
+                           "no runs.csv and curves.csv there; give the --out folder of an earlier report")):
         code, err = _compare(capsys, *args)
         assert code == 2 and message in err.splitlines()[-1] and "Traceback" not in err

@@ -110,6 +110,12 @@ def test_damaged_checkpoint_without_snapshot_is_a_clear_error(tmp_path):
     assert last.read_bytes() == b"not a checkpoint"  # left as it was, for the user to inspect
 
 
+def test_a_checkpoint_gone_from_its_path_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError) as info:
+        checkpoint.load(tmp_path / "gone.pt")
+    assert str(info.value) == f"no checkpoint at {tmp_path / 'gone.pt'}; give a run folder, or a .pt file in its checkpoints/"
+
+
 def test_snapshot_retention(tmp_path):
     run = tmp_path / "run"
     train_tiny(run, [*SCALARS_EVERY_2, "train.steps=6", "ckpt.every=1", "ckpt.keep=2"])

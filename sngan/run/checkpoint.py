@@ -139,7 +139,7 @@ def load(path: Path, map_location="cpu", need: tuple[str, ...] = MODEL_KEYS) -> 
     names, is a UserError naming it and what to pass instead."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"no checkpoint at {path}")
+        raise UserError(f"no checkpoint at {path}; give a run folder, or a .pt file in its checkpoints/")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated zip, not a torch file, ...
