@@ -20,7 +20,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 nvidia-smi --query-gpu=name,driver_version --format=csv > "$out/gpu.txt" 2>&1
 "$py" -c "import torch; print(torch.__version__, torch.version.cuda)" >> "$out/gpu.txt" 2>&1
-step cuda_tests 300 "$py" -m pytest -q -rs tests/test_graphed.py
+step cuda_tests 300 "$py" -m pytest -q -rs -n 0 tests/test_graphed.py  # one process: one GPU
 step bench_cnn 420 "$py" scripts/bench.py --device cuda --cuda-graph --steps 10 --repeats 3 --json "$out/bench_cnn.json"
 step bench_cnn_deterministic 420 "$py" scripts/bench.py --device cuda --cuda-graph --deterministic --steps 10 --repeats 3 \
   --json "$out/bench_cnn_deterministic.json"
