@@ -77,12 +77,17 @@ def run_cli(args, cwd, module="sngan.train", timeout=300):
 
 def call(entry: str, args: list[str], capsys=None) -> tuple[int, str, str]:
     """Run a command's main function in this process (`train` through Hydra, as `python -m
-    sngan.train` does): (exit code, its stderr, its stdout; both empty without `capsys`)."""
+    sngan.train` does; a script of scripts/ named by its file, through its `run_main`, as its
+    command line does): (exit code, its stderr, its stdout; both empty without `capsys`)."""
     if entry == "train":
         from sngan.train import main as train_main
 
         saved_argv, sys.argv = sys.argv, ["sngan.train", *args]
         run = train_main
+    elif entry.endswith(".py"):
+        script = load_script(entry)
+        saved_argv = sys.argv
+        run = lambda: script.run_main(lambda: script.main(args))
     else:
         module = {"sample": "sngan.sample", "evaluate": "sngan.evaluate", "audit": "sngan.audit"}[entry]
         main = __import__(module, fromlist=["main"]).main

@@ -14,11 +14,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from helpers import load_script
+from helpers import call
 from sngan.report.csvs import RUN_COLUMNS, read_csv, write_csv
 from sngan.report.stats import by_variant, early_warning, median_iqr, pairwise, wilson
 
-SCRIPT = load_script("compare_variants.py")
 STEPS = [100, 200, 300, 400, 500]
 # clean_rate every 100 steps. naive: three of four collapse (best >= 0.1, later < 0.3 x best);
 # reshaped: none does (seed 3 never reaches 0.1, so its drop is no collapse).
@@ -98,19 +97,8 @@ def mann_whitney_by_hand(x, y):
     return min(1.0, 2 * min(low, high))
 
 
-def _compare(capsys, *args) -> tuple[int, str]:
-    """scripts/compare_variants.py with `args`, as its command line runs it: (exit code, stderr)."""
-    capsys.readouterr()
-    try:
-        SCRIPT.run_main(lambda: SCRIPT.main(list(map(str, args))))
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    return code, capsys.readouterr().err
-
-
 def _report(capsys, *args) -> str:
-    code, err = _compare(capsys, *args)
+    code, err, _ = call("compare_variants.py", list(map(str, args)), capsys)
     assert code == 0, err
     return err
 
@@ -225,11 +213,12 @@ def test_runs_csv_reads_back_what_was_written(tmp_path):
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     sweep_folder = "give the sweep's folder (hydra.sweep.dir), which holds the run folders"
-    for args, message in ((["--out", tmp_path / "r", "--collect", tmp_path / "missing"], f"no such folder; {sweep_folder}"),
+    for args, message in ((["--out", tmp_path / "r", "--collect", tmp_path / "missing"],
+                           f"no such folder; {sweep_folder}"),
                           (["--out", tmp_path / "r"], "no runs.csv and curves.csv: pass --collect SWEEP"),
                           (["--out", tmp_path / "r", "--collect", tmp_path], f"; {sweep_folder}"),
                           (["--out", tmp_path / "r", "--add-csv", tmp_path], "add --collect SWEEP, or drop --add-csv"),
                           (["--out", tmp_path / "r", "--collect", tmp_path, "--add-csv", tmp_path / "r"],
                            "no runs.csv and curves.csv there; give the --out folder of an earlier report")):
-        code, err = _compare(capsys, *args)
+        code, err, _ = call("compare_variants.py", list(map(str, args)), capsys)
         assert code == 2 and message in err.splitlines()[-1] and "Traceback" not in err

@@ -113,7 +113,8 @@ def test_damaged_checkpoint_without_snapshot_is_a_clear_error(tmp_path):
 def test_a_checkpoint_gone_from_its_path_is_a_clear_error(tmp_path):
     with pytest.raises(UserError) as info:
         checkpoint.load(tmp_path / "gone.pt")
-    assert str(info.value) == f"no checkpoint at {tmp_path / 'gone.pt'}; give a run folder, or a .pt file in its checkpoints/"
+    assert str(info.value) == (f"no checkpoint at {tmp_path / 'gone.pt'}; give a run folder, or a .pt file in "
+                               "its checkpoints/")
 
 
 def test_snapshot_retention(tmp_path):
