@@ -8,7 +8,7 @@ iteration (n_dis D updates + 1 G update, sngan.training.step.gan_iteration, on a
 every variant, relative to `none`; the aten ops one warm iteration dispatches (CPU profiler,
 nested ops included); the cost of one round of the trainer's diagnostics (per-layer
 sigmas, gradient norms) spread over the default logging interval; images per second; and a
-"textbook" loop written the naive way (torch.nn.utils.spectral_norm hooks, plain zero_grad, no
+"textbook" loop written the naive way (torch.nn.utils.spectral_norm hooks, no
 parametrize.cached) with the same models and batch. Peak memory is the peak RSS (CPU) or max
 allocated (GPU) of a separate process per configuration, since a process's peak only grows.
 --amp, --compile and --channels-last apply the trainer's switches of the same names to the
@@ -62,7 +62,7 @@ def build(args, variant: str, device: torch.device):
 
 
 def textbook_iteration(G, D, opt_g, opt_d, real, batch: int, n_dis: int) -> None:
-    """The way an SNGAN step is usually written: separate backward per step, default zero_grad."""
+    """The way an SNGAN step is usually written: spectral_norm hooks redo every weight per D call."""
     for _ in range(n_dis):
         fake = G(torch.randn(batch, G.z_dim, device=real.device)).detach()
         loss_d = F.relu(1 - D(real)).mean() + F.relu(1 + D(fake)).mean()

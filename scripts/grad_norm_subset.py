@@ -11,24 +11,31 @@ own spread across batches, printed beside it.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
 import torch
 
+from sngan.config import integer
 from sngan.run import checkpoint
+from sngan.run.cli import ArgumentParser, run_main
+from sngan.run.errors import UserError
 from sngan.data import build_dataset
 from sngan.diagnostics.monitor import input_grad_norm
 from sngan.models import restore_models
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--subset", type=int, default=16)
-    p.add_argument("--batches", type=int, default=50)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (each with a checkpoints/ folder)")
+    p.add_argument("--subset", type=integer(1, 64).arg_type("--subset"), default=16,
+                   help="images of each 64-image batch the estimate uses (default: 16)")
+    p.add_argument("--batches", type=integer(2).arg_type("--batches"), default=50,
+                   help="batches drawn per checkpoint (default: 50)")
     args = p.parse_args()
+    for run in args.runs:
+        if not any((run / "checkpoints").glob("step_*.pt")):
+            raise UserError(f"{run} has no checkpoints/step_*.pt; pass a run folder of sngan.train")
     gen = torch.Generator().manual_seed(0)
     print(f"{'checkpoint':<60} {'full':>8} {'spread':>8} {'subset err':>10} {'err spread':>10}")
     for run in args.runs:
@@ -53,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

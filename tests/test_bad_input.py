@@ -247,6 +247,8 @@ def test_a_second_trainer_is_refused_at_once_naming_the_first(place, capsys):
     ("reproduce.py", ["stl10_resnet", "--root", "{root}/stl", "--device", "tpu"], "--device"),
     ("compare_variants.py", ["--seeds", "one", "--out", "{root}/report"], "--seeds"),
     ("compare_variants.py", ["--collect", "/nonexistent/sweep", "--out", "{root}/report"], "/nonexistent/sweep"),
+    ("grad_norm_subset.py", ["{root}", "--subset", "65"], "--subset"),
+    ("grad_norm_subset.py", ["{root}/not_a_run"], "not_a_run has no checkpoints"),
 ])
 def test_scripts_refuse_in_one_line_at_once(place, script, args, named):
     args = [a.format(root=place["root"]) for a in args]
