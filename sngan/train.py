@@ -24,6 +24,7 @@ from sngan.run.errors import RunDiverged, UserError
 from sngan.run.failures import quiet_write_errors_in_threads
 from sngan.run.info import hparams_of
 from sngan.run.records import CommandRecords
+from sngan.run.lock import RunInUse
 from sngan.run.status import write_status
 from sngan.training import distributed
 from sngan.training.ema import update_ema
@@ -114,7 +115,7 @@ def main(cfg: DictConfig) -> None:
         if not in_sweep:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        records.failed(str(e))
+        records.failed(str(e), folder_is_ours=not isinstance(e, RunInUse))
     except RunDiverged as e:
         if writes:
             write_status(run_dir, "diverged", step=e.step, reason=str(e))

@@ -222,3 +222,29 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
                            "no runs.csv and curves.csv there; give the --out folder of an earlier report")):
         code, err, _ = call("compare_variants.py", list(map(str, args)), capsys)
         assert code == 2 and message in err.splitlines()[-1] and "Traceback" not in err
+
+
+def test_a_full_disk_while_rewriting_the_study_keeps_its_csv_whole(sweep, tmp_path, monkeypatch, capsys):
+    """A study collected again into its own folder on a disk that fills up: one line, and runs.csv
+    (the only record of runs whose folders are gone) as it was."""
+    import errno
+    import os
+
+    from sngan.run import checkpoint
+
+    out = tmp_path / "report"
+    assert call("compare_variants.py", ["--collect", str(sweep), "--out", str(out)], capsys)[0] == 0
+    before = (out / "runs.csv").read_bytes()
+    real = os.fsync
+
+    def full(fd):  # the data does not fit: the write fails before it is durable
+        real(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    args = ["--collect", str(sweep), "--add-csv", str(out), "--out", str(out)]
+    code, err, _ = call("compare_variants.py", args, capsys)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith(f"error: cannot write {out / 'runs.csv'} (No space left on device): free space on that "
+                          "file system, then run it again")
+    assert (out / "runs.csv").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -9,12 +9,15 @@ does not stop); where this process may mount a small tmpfs, the same is also sho
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import subprocess
 import types
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from helpers import TINY, TINY_MODEL, assert_identical, call, compose_config, last_checkpoint, snapshot, train_tiny
@@ -46,10 +49,10 @@ def test_a_full_disk_stops_a_new_run_and_a_resumed_one_keeping_the_last_checkpoi
     assert train_tiny(straight, EVERY_2_STEPS + ["train.steps=6"], via="main")[0] == 0
 
     run = tmp_path / "run"
-    _fail_the_nth_save(monkeypatch, 3)  # step 2 (snapshot, last.pt) is written; step 4's snapshot is not
+    _fail_the_nth_save(monkeypatch, 3)  # step 2 (last.pt, snapshot) is written; step 4's last.pt is not
     code, printed, _ = train_tiny(run, EVERY_2_STEPS + ["train.steps=6"], via="main", capsys=capsys)
     assert code == 2 and "Traceback" not in printed and printed.strip().count("\n") == 0
-    assert printed.startswith(f"error: cannot write {run / 'checkpoints' / 'step_0000004.pt'} (No space left on device)")
+    assert printed.startswith(f"error: cannot write {run / 'checkpoints' / 'last.pt'} (No space left on device)")
     assert f"the last checkpoint {run / 'checkpoints' / 'last.pt'} (step 2) is intact" in printed
     assert f"free space on that file system, then continue with resume=true hydra.run.dir={run}" in printed
     assert checkpoint.load(run / "checkpoints" / "last.pt", need=checkpoint.RESUME_KEYS)["step"] == 2
@@ -69,6 +72,28 @@ def test_a_full_disk_stops_a_new_run_and_a_resumed_one_keeping_the_last_checkpoi
     assert train_tiny(run, ["resume=true"], base=[], via="main")[0] == 0
     assert_identical(last_checkpoint(straight), last_checkpoint(run))
     assert "resume=true" in (run / ".hydra" / "overrides.yaml").read_text()  # written once it had a checkpoint
+
+
+def test_a_full_disk_between_last_pt_and_its_snapshot_keeps_the_newest_step(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    _fail_the_nth_save(monkeypatch, 4)  # step 4's last.pt is written, its snapshot is not
+    code, printed, _ = train_tiny(run, EVERY_2_STEPS + ["train.steps=6"], via="main", capsys=capsys)
+    assert code == 2 and printed.strip().count("\n") == 0
+    assert f"the last checkpoint {run / 'checkpoints' / 'last.pt'} (step 4) is intact" in printed
+    _no_temporary_files(run)
+
+
+def test_a_resume_clears_the_outcome_it_no_longer_matches(tmp_path, monkeypatch, capsys):
+    """A finished run lengthened, then stopped by a full disk: status.json no longer says `ok` for a
+    run whose records now ask for more steps; its logs say where it stands."""
+    run = tmp_path / "run"
+    assert train_tiny(run, EVERY_2_STEPS + ["train.steps=2"], via="main")[0] == 0
+    assert json.loads((run / "status.json").read_text())["status"] == "ok"
+    _fail_the_nth_save(monkeypatch, 3)  # the resume writes step 4 (last.pt, snapshot), then fails
+    code, _, _ = train_tiny(run, ["resume=true", "train.steps=6"], base=[], via="main", capsys=capsys)
+    assert code == 2 and last_checkpoint(run)["step"] == 4
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").train.steps == 6
+    assert not (run / "status.json").exists()
 
 
 def test_a_read_only_file_system_mid_run_and_at_the_start(tmp_path, monkeypatch, capsys):
@@ -191,3 +216,25 @@ def test_a_sweep_job_refused_on_a_folder_that_holds_a_run_leaves_it_as_it_was(tm
         code, err, out = call("train", args, capsys)
     assert code == 0 and "is in use by another trainer" in out + err and "Traceback" not in out + err
     assert snapshot(busy) == before
+
+    # the same while the busy job has written no checkpoint yet: its folder is still left alone
+    shutil.rmtree(busy / "checkpoints")
+    (busy / "status.json").unlink()
+    before = snapshot(busy)
+    with run_lock(busy):
+        code, err, out = call("train", args, capsys)
+    assert code == 0 and "is in use by another trainer" in out + err
+    assert snapshot(busy) == before
+
+
+def test_a_file_system_without_flock_trains_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
+    """NFS mounted nolock, Lustre noflock: flock fails with ENOLCK; the run goes on, and says so."""
+    from sngan.run import lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(lock.fcntl, "flock", no_locks)
+    run = tmp_path / "run"
+    train_tiny(run, ["train.steps=1"])
+    assert last_checkpoint(run)["step"] == 1
+    assert f"cannot lock {run} (No locks available): nothing stops a second trainer" in caplog.text

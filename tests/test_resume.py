@@ -13,7 +13,8 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import NO_SAMPLES, SCALARS_EVERY_2, TINY, assert_identical, last_checkpoint, read_scalars, train_tiny
+from helpers import (NO_SAMPLES, SCALARS_EVERY_2, TINY, assert_identical, last_checkpoint, read_scalars, snapshot,
+                     train_tiny)
 from sngan.run import checkpoint
 from sngan.run.errors import UserError
 
@@ -79,6 +80,52 @@ def test_resume_from_another_folder_or_a_file(tmp_path):
         fork = tmp_path / f"fork-{target.name}"
         train_tiny(fork, [*SCALARS_EVERY_2, "train.steps=3", f"resume={target}"])
         assert last_checkpoint(fork)["step"] == 3
+
+
+def test_a_fork_into_a_folder_that_holds_another_run_is_refused(tmp_path):
+    first, other = tmp_path / "first", tmp_path / "other"
+    train_tiny(first, [*SCALARS_EVERY_2, "train.steps=2"])
+    train_tiny(other, [*SCALARS_EVERY_2, "train.steps=2", "seed=1"])
+    before = snapshot(other)
+    with pytest.raises(UserError, match="which already holds another run: choose a new hydra.run.dir"):
+        train_tiny(other, [*SCALARS_EVERY_2, "train.steps=3", f"resume={first}"])
+    assert snapshot(other) == before
+
+
+def test_a_run_without_last_pt_continues_from_its_newest_snapshot(tmp_path):
+    """last.pt gone (deleted, or a run of an earlier version killed before writing it): resume=true,
+    resume=auto and ckpt= all take the newest snapshot, and the run goes on as if nothing happened."""
+    straight = tmp_path / "straight"
+    train_tiny(straight, [*SCALARS_EVERY_2, "train.steps=6", "ckpt.every=2"])
+    for resume in ("true", "auto"):
+        run = tmp_path / resume
+        train_tiny(run, [*SCALARS_EVERY_2, "train.steps=4", "ckpt.every=2"])
+        (run / "checkpoints" / "last.pt").unlink()
+        assert checkpoint.locate(run) == run / "checkpoints" / "step_0000004.pt"
+        train_tiny(run, [*SCALARS_EVERY_2, "train.steps=6", "ckpt.every=2", f"resume={resume}"])
+        assert_identical(last_checkpoint(straight), last_checkpoint(run))
+
+
+def test_a_damaged_newest_snapshot_falls_back_when_the_folder_chose_it_not_when_named(tmp_path, caplog):
+    run = tmp_path / "run"
+    train_tiny(run, [*SCALARS_EVERY_2, "train.steps=4", "ckpt.every=2", "ckpt.keep=2"])
+    (run / "checkpoints" / "last.pt").unlink()
+    newest = run / "checkpoints" / "step_0000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated
+    with pytest.raises(UserError, match="step_0000004.pt is not a readable checkpoint"):
+        train_tiny(tmp_path / "fork", [*SCALARS_EVERY_2, "train.steps=5", f"resume={newest}"])
+    train_tiny(run, [*SCALARS_EVERY_2, "train.steps=5", "ckpt.every=2", "ckpt.keep=2", "resume=auto"])
+    assert "resuming from the newest good snapshot step_0000002.pt" in caplog.text
+    assert last_checkpoint(run)["step"] == 5
+
+
+def test_checkpoints_are_written_last_pt_first(tmp_path, monkeypatch):
+    """A kill between the two writes of a save leaves last.pt the newest state, not a snapshot."""
+    written = []
+    real = checkpoint.atomic_save
+    monkeypatch.setattr(checkpoint, "atomic_save", lambda state, path: (written.append(path.name), real(state, path)))
+    train_tiny(tmp_path / "run", [*SCALARS_EVERY_2, "train.steps=2", "ckpt.every=1"])
+    assert written == ["last.pt", "step_0000001.pt", "last.pt", "step_0000002.pt"]
 
 
 def test_resume_refuses_a_change_of_maths(tmp_path):

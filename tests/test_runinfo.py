@@ -47,3 +47,20 @@ def test_every_script_has_a_help(script):
     proc = run_script(script, ["--help"], timeout=120)
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) > 4, proc.stderr
     assert "default" in proc.stdout or script in ("compare_variants.py", "seed_study.sh")
+
+
+@pytest.mark.parametrize("overrides,shown", [
+    (["variant=naive", "seed=3", "resume=auto"], "python -m sngan.train variant=naive seed=3 hydra.run.dir="),
+    (["resume=true", "train.steps=8"], "python -m sngan.train [the settings in {run}/.hydra/config.yaml] hydra"),
+])
+def test_the_start_again_command_trains_the_same_run(tmp_path, overrides, shown):
+    """From the run's own overrides; a resume's overrides (its records after it checkpointed) do not
+    describe the run, so the command points to the config it trained with instead."""
+    from omegaconf import OmegaConf
+
+    from sngan.run.info import restart_command
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), run / ".hydra" / "overrides.yaml")
+    assert restart_command(run).startswith(shown.format(run=run))

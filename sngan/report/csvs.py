@@ -5,7 +5,10 @@ value is an empty cell."""
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
+
+from sngan.run.checkpoint import atomic_write_text
 
 RUN_COLUMNS = ["variant", "seed", "steps", "best_clean_rate", "best_step", "final_clean_rate",
                "final_modes_covered", "final_kl_uniform", "max_sigma_matrix", "max_lipschitz_bound",
@@ -17,11 +20,13 @@ TEXT_COLUMNS = ("reason", "run", "optim", "variant", "status")  # read back as t
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(row.get(k)) for k in columns})
+    """Replace `path` atomically: the study's only record of runs whose folders are gone."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in columns})
+    atomic_write_text(Path(path), text.getvalue())
 
 
 def _cell(value) -> str:

@@ -10,6 +10,7 @@ from sngan.report.plots import plot_kaplan_meier, plot_run_folders, plot_study
 from sngan.report.stats import by_variant
 from sngan.report.tables import early_warning_table, problems, tests_table, variant_table, warned_vs_collapse
 from sngan.report.verdict import confirmatory_section
+from sngan.run.checkpoint import atomic_write_text
 
 KAPLAN_MEIER = "kaplan_meier.png"
 RUN_FOLDER_PLOTS = ("sigma_matrix.png", "sigma_operator.png", "lipschitz.png", "losses.png", "metrics.png",
@@ -64,5 +65,5 @@ def write_report(rows: list[dict], curves: list[dict], out: Path, scalars: dict 
         result = analyse(rows)
         plot_kaplan_meier(out / KAPLAN_MEIER, result["curves"], {v: result["times"][v].n for v in PAIR}, 1500)
         confirmatory_plots.append(KAPLAN_MEIER)
-    (out / "report.md").write_text(report_text(rows, plots, confirmatory_plots))
+    atomic_write_text(out / "report.md", report_text(rows, plots, confirmatory_plots))
     return out / "report.md"

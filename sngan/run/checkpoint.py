@@ -86,15 +86,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save(ckpt_dir: Path, state: dict, *, keep: int) -> Path:
-    """Write `last.pt` and a numbered snapshot `step_<N>.pt`, keeping the newest `keep` snapshots."""
+    """Write `last.pt`, then a numbered snapshot `step_<N>.pt`, keeping the newest `keep` snapshots.
+    last.pt first: a kill or a full disk between the two writes leaves last.pt the newest state."""
     ckpt_dir = Path(ckpt_dir)
-    for stale in ckpt_dir.glob(".*.tmp"):  # left by a run killed while writing
+    for stale in [*ckpt_dir.glob(f".{LAST}.*.tmp"), *ckpt_dir.glob(".step_*.pt.*.tmp")]:  # a killed save's
         stale.unlink(missing_ok=True)
     state = {"format": FORMAT, **state}
-    snapshot = ckpt_dir / f"step_{state['step']:07d}.pt"
-    if keep > 0:
-        atomic_save(state, snapshot)
     atomic_save(state, ckpt_dir / LAST)
+    if keep > 0:
+        atomic_save(state, ckpt_dir / f"step_{state['step']:07d}.pt")
     for old in snapshots(ckpt_dir)[:-keep] if keep > 0 else snapshots(ckpt_dir):
         old.unlink(missing_ok=True)
     return ckpt_dir / LAST
@@ -176,22 +176,32 @@ def newest_readable(ckpt_dir: Path) -> tuple[Path, int] | None:
     return None
 
 
+def run_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The checkpoint a run's `checkpoints/` folder continues from: last.pt, else its newest snapshot
+    (last.pt deleted, or a run of an earlier version, which wrote the snapshot first, killed between
+    the two), else None."""
+    ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir / LAST).is_file():
+        return ckpt_dir / LAST
+    found = snapshots(ckpt_dir) if ckpt_dir.is_dir() else []
+    return found[-1] if found else None
+
+
 def holds_run(run_dir: Path) -> bool:
-    """True when `run_dir` holds a run's checkpoint (last.pt, or a snapshot of a run killed before it)."""
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    return (ckpt_dir / LAST).exists() or bool(ckpt_dir.is_dir() and snapshots(ckpt_dir))
+    """True when `run_dir` holds a run's checkpoint (last.pt or a snapshot)."""
+    return run_checkpoint(Path(run_dir) / "checkpoints") is not None
 
 
 def locate(target: str | Path, arg: str = "ckpt=") -> Path:
-    """The checkpoint a path names: a file itself, or a run folder's checkpoints/last.pt. `arg`:
-    how the command takes the path (`ckpt=`, `resume=`, `--ckpt`), for the refusal's next step."""
+    """The checkpoint a path names: a file itself, or a run folder's (run_checkpoint). `arg`: how
+    the command takes the path (`ckpt=`, `resume=`, `--ckpt`), for the refusal's next step."""
     target = Path(str(target)).expanduser()
     if target.is_file():
         return target
     takes = f"{arg} takes a run folder (one holding checkpoints/{LAST}) or a checkpoint file"
     if target.is_dir():
-        ckpt = target / "checkpoints" / LAST if (target / "checkpoints").is_dir() else target / LAST
-        if ckpt.is_file():
+        ckpt = run_checkpoint(target / "checkpoints" if (target / "checkpoints").is_dir() else target)
+        if ckpt is not None:
             return ckpt
         runs = sorted(found.parent.parent for found in target.glob(f"*/checkpoints/{LAST}"))
         if runs:  # a sweep's folder: its jobs are the runs

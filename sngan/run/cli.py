@@ -9,7 +9,7 @@ import os
 import sys
 
 from sngan.config import Spec
-from sngan.run.errors import UserError
+from sngan.run.errors import UserError, describe_os_error, is_write_error, write_error_fix
 
 
 def parse_args(argv: list[str], options: dict[str, tuple[str | None, str, Spec | None]], usage: str,
@@ -50,9 +50,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_main(main) -> None:
-    """Call a script's `main()`, turning a UserError into its one line on stderr and exit code 2."""
+    """Call a script's `main()`, turning a UserError, or a full or read-only disk, into one line on
+    stderr and exit code 2."""
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if not is_write_error(e):
+            raise
+        print(f"error: cannot write {describe_os_error(e)}: {write_error_fix(e)}, then run it again", file=sys.stderr)
         sys.exit(2)

@@ -56,13 +56,17 @@ def restart_command(run_dir: Path | None) -> str:
     overrides (.hydra/overrides.yaml) when the folder still has them."""
     if run_dir is None:
         return "python -m sngan.train [the run's settings] hydra.run.dir=NEW_FOLDER"
-    overrides = []
+    overrides, settings = [], "[the run's settings]"
     try:
         saved = OmegaConf.to_container(OmegaConf.load(Path(run_dir) / ".hydra" / "overrides.yaml"))
-        overrides = [o for o in saved if isinstance(o, str) and not o.startswith(("resume=", "hydra.run.dir="))]
+        given = [o for o in saved if isinstance(o, str)]
+        if any(o.startswith("resume=") and o not in ("resume=auto", "resume=false") for o in given):
+            settings = f"[the settings in {Path(run_dir) / '.hydra' / 'config.yaml'}]"  # a resume's, not the run's
+        else:
+            overrides = [o for o in given if not o.startswith(("resume=", "hydra.run.dir="))]
     except Exception:  # no records, or unreadable ones: the command without the run's settings
         pass
-    words = [shlex.quote(o) for o in overrides] or ["[the run's settings]"]
+    words = [shlex.quote(o) for o in overrides] or [settings]
     again = Path(str(run_dir).rstrip("/") + "-again")
     return f"python -m sngan.train {' '.join(words)} {_hydra_arg('hydra.run.dir', again)}"
 

@@ -7,13 +7,21 @@ that is refused leaves the folder as it was. The holder's pid comes from /proc/l
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from sngan.run.errors import UserError
+
+log = logging.getLogger("sngan.train")
+
+
+class RunInUse(UserError):
+    """Another process holds the run folder: the refused command leaves it, and its records, alone."""
 
 
 def _holder(fd: int) -> str:
@@ -42,8 +50,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
-        raise UserError(f"{run_dir} is in use by another trainer (pid {holder}): wait for it to end, "
-                        "or stop it, before starting another on this folder") from None
+        raise RunInUse(f"{run_dir} is in use by another trainer (pid {holder}): wait for it to end, "
+                       "or stop it, before starting another on this folder") from None
+    except OSError as e:  # a file system without flock (NFS mounted nolock, Lustre noflock): train unguarded
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            os.close(fd)
+            raise
+        log.warning("cannot lock %s (%s): nothing stops a second trainer on this folder", run_dir, e.strerror)
     try:
         yield
     finally:

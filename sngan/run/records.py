@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sngan.run.checkpoint import atomic_write_text, holds_run
 from sngan.run.info import console_only
-from sngan.run.status import write_status
+from sngan.run.status import clear_status, write_status
 
 log = logging.getLogger("sngan.train")
 
@@ -49,11 +49,14 @@ class CommandRecords:
         self.written = False
 
     def ready(self, final_cfg: DictConfig) -> None:
+        """The records of the run now training here; an earlier command's outcome no longer holds."""
         write_records(self.run_dir, final_cfg, self.hydra_root)
+        clear_status(self.run_dir)
         self.written = True
 
-    def failed(self, reason: str, exc_info: bool = False) -> None:
-        if not (self.writes and self.new_run):
+    def failed(self, reason: str, exc_info: bool = False, folder_is_ours: bool = True) -> None:
+        """`folder_is_ours` False: another trainer holds the folder, whose records are its own."""
+        if not (self.writes and self.new_run and folder_is_ours):
             console_only(logging.ERROR, reason)
             return
         log.error("%s", reason, exc_info=exc_info)

@@ -27,7 +27,14 @@ def load_resume_state(cfg: DictConfig, run_dir: Path, overrides: list[str] | Non
             raise UserError(f"{run_dir} already holds a run: pass resume=true to continue it, "
                             "or choose another hydra.run.dir")
         return None, cfg
-    state, resume_from = load_for_resume(resume_from, warn=log.warning)  # its config checked on reading
+    own_checkpoints = (Path(run_dir) / "checkpoints").resolve()
+    if checkpoint.holds_run(run_dir) and Path(resume_from).resolve().parent != own_checkpoints:
+        raise UserError(f"resume={cfg.resume} would continue that run in {run_dir}, which already holds another "
+                        "run: choose a new hydra.run.dir for the fork, or pass resume=true to continue "
+                        f"the run in {run_dir}")
+    # A folder's checkpoint may be swapped for an older good one; a file the command named may not.
+    chosen = cfg.resume in (True, "true", "auto") or Path(str(cfg.resume)).expanduser().is_dir()
+    state, resume_from = load_for_resume(resume_from, warn=log.warning, fall_back=chosen)  # config checked
     cfg = resume_config(state["config"], cfg, overrides, resume_from, state.get(checkpoint.ADDED_SINCE, ()))
     try:
         check_config(cfg)
@@ -43,11 +50,7 @@ def find_resume_checkpoint(resume, run_dir: Path) -> Path | None:
     if resume is False or resume is None or resume == "false":
         return None
     if resume == "auto":
-        ckpt_dir = Path(run_dir) / "checkpoints"
-        if (ckpt_dir / checkpoint.LAST).exists():
-            return ckpt_dir / checkpoint.LAST
-        found = checkpoint.snapshots(ckpt_dir) if ckpt_dir.is_dir() else []
-        return found[-1] if found else None  # killed between its first snapshot and last.pt
+        return checkpoint.run_checkpoint(Path(run_dir) / "checkpoints")
     target = run_dir if resume is True or resume == "true" else resume
     try:
         return checkpoint.locate(target, "resume=")
@@ -125,16 +128,16 @@ def resume_config(saved: dict, current: DictConfig, overrides: list[str] | None,
     return merged
 
 
-def load_for_resume(path: Path, warn) -> tuple[dict, Path]:
-    """Load the checkpoint to resume from; if a damaged last.pt has good snapshots beside it, fall
-    back to the newest of them (reported through `warn`). Returns (state, the file it came from)."""
+def load_for_resume(path: Path, warn, fall_back: bool = True) -> tuple[dict, Path]:
+    """Load the checkpoint to resume from; if it is damaged and `fall_back`, the newest good
+    snapshot beside it instead (reported through `warn`). Returns (state, the file it came from)."""
     path = Path(path)
     try:
         return checkpoint.load(path, need=checkpoint.RESUME_KEYS), path
     except UserError as error:
-        if path.name != checkpoint.LAST:
+        if not fall_back:
             raise
-        for snapshot in reversed(checkpoint.snapshots(path.parent)):
+        for snapshot in reversed([p for p in checkpoint.snapshots(path.parent) if p != path]):
             try:
                 state = checkpoint.load(snapshot, need=checkpoint.RESUME_KEYS)
             except UserError:

@@ -21,6 +21,11 @@ def write_status(run_dir: Path, status: str, **details) -> None:
     atomic_write_text(run_dir / STATUS_FILE, json.dumps({"status": status, **details}, indent=1) + "\n")
 
 
+def clear_status(run_dir: Path) -> None:
+    """A run starts or resumes: until it ends, its outcome is what its logs say."""
+    (Path(run_dir) / STATUS_FILE).unlink(missing_ok=True)
+
+
 def read_status(run_dir: Path) -> dict | None:
     """The recorded outcome, or None when the run wrote none (still running, killed, or older)."""
     try:
