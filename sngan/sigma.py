@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from sngan.linalg.bounds import ROUNDING, conv_upper_bound
-from sngan.linalg.network import (NoCertifiedBound, RecordedCall, gradient_lower_bound,  # noqa: F401
-                                  network_upper_bound)
+from sngan.linalg.network import (NoCertifiedBound, RecordedCall, computed_weights_rounding,  # noqa: F401
+                                  gradient_lower_bound, network_upper_bound)
 from sngan.linalg.operators import input_shape, linear_map, top_singular_pair, top_singular_value
 from sngan.spectral import weight_matrix
 
@@ -105,11 +105,13 @@ def network_lipschitz_bounds(D: nn.Module, input_shape: Sequence[int], *, starts
     certified operator-norm bound on its real input size (sngan.linalg.network); an op without a
     stated bound raises NoCertifiedBound (a UserError naming it). Lower: the largest input-gradient
     norm found by `steps` steps of ascent from `starts` random points (a private generator), in
-    float64. Nothing in D changes: no power iteration advances, no global RNG draw, no hook stays.
+    float64 (with `calls`, lowered by the rounding of the weights the forward computes:
+    computed_weights_rounding). Nothing in D changes: no power iteration advances, no global RNG draw, no hook stays.
     An `operator`-variant D must have seen its input size (as layer_input_sizes does). `calls`: one
     recorded forward's weight-using calls, for a D whose forward calls layers functionally
     (sngan.linalg.network.network_upper_bound; the audit passes them)."""
-    lower = gradient_lower_bound(D, input_shape, starts=starts, steps=steps, seed=seed)
+    rounding = ROUNDING if calls is None else computed_weights_rounding(D, len(calls))
+    lower = gradient_lower_bound(D, input_shape, starts=starts, steps=steps, seed=seed, rounding=rounding)
     upper = network_upper_bound(D, input_shape, lambda name, layer, size: _operator_upper(layer, size), calls)
     return lower, upper
 

@@ -219,7 +219,8 @@ def test_whole_d_interval_through_layers_called_functionally():
         exact = float(torch.linalg.matrix_norm(D64(torch.eye(n, dtype=torch.float64).view(n, *shape)), ord=2))
     whole = result["whole_network"]
     assert whole["lower"] <= exact <= whole["upper"]
-    assert whole["lower"] == pytest.approx(exact, rel=1e-6)  # a linear map: its gradient is its row
+    # a linear map: its gradient is its row, less the allowance for the float32 weights' rounding
+    assert whole["lower"] == pytest.approx(exact, rel=1e-5)
     # The graph composed: the branches' bounds add (conv2 after conv1 multiplies), then the head.
     assert whole["upper"] == pytest.approx((shortcut + conv1 * conv2) * head, rel=1e-12)
 
@@ -261,7 +262,7 @@ def test_whole_d_interval_of_a_projection_discriminator_for_a_label():
         exact = float(torch.linalg.matrix_norm(D64(torch.eye(n, dtype=torch.float64).view(n, *shape),
                                                    torch.full((n,), label)), ord=2))
     whole = result["whole_network"]
-    assert whole["lower"] <= exact <= whole["upper"] and whole["lower"] == pytest.approx(exact, rel=1e-6)
+    assert whole["lower"] <= exact <= whole["upper"] and whole["lower"] == pytest.approx(exact, rel=1e-5)
     # Sum pooling over 5x5 (sqrt 25), then the head plus the product by the label's row (max |row|)
     # summed over 4 channels (sqrt 4): the embedding is a fixed factor, not a layer on the image.
     assert whole["upper"] == pytest.approx(conv * 5 * (head + float(row.abs().max()) * 2), rel=1e-8)

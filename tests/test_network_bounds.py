@@ -253,3 +253,102 @@ def test_max_pooling_bound_holds():
     y = x + 1e-3 * torch.randn_like(x)
     ratios = (fn(x) - fn(y)).flatten(1).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
     assert float(ratios.max()) <= stated == pytest.approx(2.0)  # each entry in at most 2 x 2 windows
+
+
+class _ConvThenFc(nn.Module):
+    """conv -> `between` -> fc: the op in the middle decides the bound."""
+
+    def __init__(self, between):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc, self.between = nn.Conv2d(2, 2, 3, padding=1), nn.Linear(2 * 6 * 6, 1), between
+
+    def forward(self, x):
+        return self.between(self, self.conv(x))
+
+
+def _in_place_read_later(m, h):
+    h.mul_(10.0)  # h is read again below: the write must not be lost
+    return m.fc(h.flatten(1))
+
+
+def _in_place_through_a_view(m, h):
+    v = h.view(1, -1)
+    v.mul_(10.0)  # writes into h through its view
+    return m.fc(h.flatten(1))
+
+
+def _in_place_reassigned(m, h):
+    h = h.mul_(10.0)
+    return m.fc(h.flatten(1))
+
+
+def _transposed_output(m, h):
+    return m.fc(h.flatten(1)).T
+
+
+@pytest.mark.parametrize("between", [_in_place_read_later, _in_place_through_a_view])
+def test_an_in_place_write_read_later_is_refused(between):
+    """Composed node by node, a later read of the written tensor would take its value from before
+    the write (the factor 10 lost: an upper bound below the true constant)."""
+    with pytest.raises(NoCertifiedBound, match="the in-place mul_ at .* changes a value that .* reads later"):
+        network_lipschitz_bounds(_ConvThenFc(between), (2, 6, 6))
+
+
+@pytest.mark.parametrize("between", [_in_place_reassigned, _transposed_output])
+def test_in_place_results_and_transposes_are_bounded_as_what_they_compute(between):
+    D = _ConvThenFc(between)
+    lower, upper = network_lipschitz_bounds(D, (2, 6, 6))
+    plain = _ConvThenFc(lambda m, h: m.fc(h.flatten(1)))
+    exact = _dense_norm(_unbiased(copy.deepcopy(D)).double().eval(), (2, 6, 6))
+    assert lower <= exact <= upper
+    factor = 10.0 if between is _in_place_reassigned else 1.0
+    assert upper == pytest.approx(factor * network_lipschitz_bounds(plain, (2, 6, 6))[1], rel=1e-9)
+
+
+class _ScaledConv(nn.Conv2d):
+    """A Conv2d whose own forward computes something else than the layer it extends."""
+
+    def forward(self, x):
+        return super().forward(x) * 10.0
+
+
+def test_a_layer_subclass_with_its_own_forward_is_traced_not_taken_as_the_layer():
+    """Taken as the Conv2d it extends, the bound would miss the factor 10. Traced, its forward calls
+    F.conv2d: refused from the module tree, bounded from the recorded forward (the audit)."""
+    from sngan.audit import audit
+
+    torch.manual_seed(0)
+    D = nn.Sequential(_ScaledConv(2, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 6 * 6, 1))
+    with pytest.raises(NoCertifiedBound, match="F.conv2d called directly"):
+        network_lipschitz_bounds(D, (2, 6, 6))
+    with pytest.raises(NoCertifiedBound, match="F.conv2d called directly"):
+        network_lipschitz_bounds(D[0], (2, 6, 6))
+    whole = audit(D, (2, 6, 6))["whole_network"]
+    exact = _dense_norm(_unbiased(copy.deepcopy(D)).double().eval(), (2, 6, 6))
+    assert whole["lower"] <= exact <= whole["upper"]
+    assert whole["lower"] == pytest.approx(exact, rel=1e-5)  # a linear map: its gradient is its row
+
+
+class _HandWrittenSN(nn.Module):
+    """A forward that divides its weight by a norm it computes in float32, where the lower bound's
+    float64 copy computes it again in float64: two roundings of the same function."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(1, 6))
+
+    def forward(self, x):
+        return F.linear(x, self.w / torch.linalg.vector_norm(self.w * 1.37) * 1.37 * 0.7)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_audits_interval_holds_across_the_roundings_of_a_computed_weight(seed):
+    """A single linear map: the upper bound is exact (0.7 times its unit row), so the lower one,
+    from the float64 copy, must give way by the float32 rounding of the weight."""
+    from sngan.audit import audit
+
+    torch.manual_seed(seed)
+    whole = audit(_HandWrittenSN(), (6,))["whole_network"]
+    assert whole["lower"] <= whole["upper"] and whole["upper"] == pytest.approx(0.7, rel=1e-6)
+    assert whole["lower"] == pytest.approx(0.7, rel=1e-5)

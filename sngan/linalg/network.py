@@ -226,6 +226,7 @@ def _graph_plan(module: nn.Module, traced: fx.GraphModule, shape: tuple[int, ...
     steps: list[_Step] = []
     dependent: set[str] = set()
     output = ""
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
     for node in gm.graph.nodes:
         if node.op == "output":
             if not isinstance(node.args[0], fx.Node):
@@ -241,9 +242,77 @@ def _graph_plan(module: nn.Module, traced: fx.GraphModule, shape: tuple[int, ...
         elif any(n.name in dependent for n in node.all_input_nodes) and node.op != "get_attr":
             step = _node_step(node, module, dependent, prefix, recorded)
             if step is not None:
+                if _in_place(node, module) and not (step.op == "scale" and step.factors[0] <= 1):
+                    _check_mutation_unread(node, module, order, _where(node, prefix))
                 steps.append(step)
                 dependent.add(node.name)
+    if steps and output not in dependent:
+        raise NoCertifiedBound(f"no certified bound: {prefix.rstrip('.') or 'D'}'s output does not depend on its "
+                               "input as traced (a value read through an op the trace does not follow)")
     return _GraphPlan(tuple(steps), output)
+
+
+# The op names of in-place arithmetic that Python's augmented assignment traces to.
+_AUGMENTED = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul", "iand", "ior", "ixor",
+              "ilshift", "irshift"}
+# Ops whose result may share its input's storage: a write into the result writes into the input.
+_ALIASING = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "contiguous", "permute",
+             "transpose", "t", "movedim", "swapaxes", "detach", "float", "double", "to", "type_as", "view_as",
+             "reshape_as", "chunk", "split", "unbind", "narrow", "select", "getitem", "expand", "expand_as",
+             "identity", "dropout", "getattr", "real"}
+
+
+def _op_name(node: fx.Node) -> str:
+    return node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+
+
+def _in_place(node: fx.Node, module: nn.Module) -> bool:
+    """The node writes into its first input (x.add_(y), x += y, F.relu(x, inplace=True), a module
+    built with inplace=True)."""
+    if node.op == "call_module":
+        return getattr(module.get_submodule(node.target), "inplace", False) is True
+    if node.op not in ("call_method", "call_function"):
+        return False
+    name = _op_name(node)
+    return (name.endswith("_") and not name.endswith("__")) or name in _AUGMENTED or node.kwargs.get("inplace") is True
+
+
+def _reads_metadata(node: fx.Node) -> bool:
+    name = _op_name(node) if node.op in ("call_method", "call_function") else ""
+    return name in SHAPE_QUERIES or (name == "getattr" and len(node.args) > 1 and node.args[1] in _METADATA)
+
+
+def _shares_input_storage(node: fx.Node, module: nn.Module) -> bool:
+    """The node's result may be its first input's storage (a view, an in-place op, an identity)."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.op == "call_module":
+        layer = module.get_submodule(node.target)
+        return _in_place(node, module) or isinstance(layer, (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout,
+                                                             nn.Dropout1d, nn.Dropout2d, nn.Dropout3d))
+    return node.op in ("call_method", "call_function") and (_op_name(node) in _ALIASING or _in_place(node, module))
+
+
+def _check_mutation_unread(node: fx.Node, module: nn.Module, order: dict, where: str) -> None:
+    """An in-place op that can raise its input's bound is composed as its own result only; a node
+    that reads the written tensor (or a tensor sharing its storage) after it would be composed with
+    the value from before the write. Such a graph is refused."""
+    written, frontier = set(), [node.args[0]]
+    while frontier:  # the written tensor, the tensors it views, and the views of those
+        current = frontier.pop()
+        if current in written:
+            continue
+        written.add(current)
+        if _shares_input_storage(current, module):
+            frontier.append(current.args[0])
+        frontier.extend(u for u in current.users if u is not node and u.args[0] is current
+                        and _shares_input_storage(u, module))
+    for tensor in written:
+        for reader in tensor.users:
+            if reader is not node and order[reader] > order[node] and not _reads_metadata(reader):
+                raise NoCertifiedBound(f"no certified bound: the in-place {_op_name(node)} at {where} changes a "
+                                       f"value that {reader.name} reads later: write it as a new value "
+                                       f"(h = h.{_op_name(node).rstrip('_')}(...))")
 
 
 class _ConstantProp(ShapeProp):
@@ -277,7 +346,10 @@ def _shape(node) -> tuple[int, ...] | None:
 
 
 # Ops that read an input's shape, not its values: their results are constants.
-SHAPE_QUERIES = {"size", "dim", "numel", "getattr", "ndimension", "nelement", "is_contiguous"}
+SHAPE_QUERIES = {"size", "dim", "numel", "ndimension", "nelement", "is_contiguous"}
+# Attributes of a tensor: its metadata (constants), or views of its values with norm 1.
+_METADATA = {"shape", "dtype", "device", "ndim", "is_cuda", "layout", "requires_grad", "is_floating_point"}
+_UNIT_VIEWS = {"T", "mT", "H", "mH", "data", "real"}
 # Weight-using functional ops: bounded only as the module that holds the weight.
 _FUNCTIONAL_LAYERS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
                       "linear", "embedding", "bilinear", "batch_norm"}
@@ -298,6 +370,8 @@ def _node_step(node: fx.Node, module: nn.Module, dependent: set[str], prefix: st
         layer = module.get_submodule(node.target)
         if not isinstance(node.args[0], fx.Node) or len(node.all_input_nodes) != 1:
             raise NoCertifiedBound(f"no certified bound: {type(layer).__name__} with several inputs at {where}")
+        if len(node.args) > 1 or node.kwargs:  # e.g. a transposed conv's output_size: another map
+            raise NoCertifiedBound(f"no certified bound: {type(layer).__name__} called with extra arguments at {where}")
         return _module_step(node.name, node.args[0].name, layer, prefix + node.target, in_shape,
                             _shape(node), recorded)
     if node.op == "call_method":
@@ -309,6 +383,13 @@ def _node_step(node: fx.Node, module: nn.Module, dependent: set[str], prefix: st
             name = f"{getattr(node.target, '__module__', '?')}.{name}"  # never mistaken for torch's op
     if name in SHAPE_QUERIES:
         return None
+    if name == "getattr":
+        attribute = node.args[1] if len(node.args) > 1 else None
+        if attribute in _METADATA:
+            return None
+        if attribute not in _UNIT_VIEWS:
+            raise NoCertifiedBound(f"no certified bound: the attribute {attribute!r} of a tensor at {where}")
+        return _Step(node.name, "scale", (node.args[0].name,), (1.0,))
     binary = _binary_step(node, name, dependent, where)
     if binary is not None:
         return binary
@@ -394,8 +475,11 @@ def _module_as_call(m: nn.Module) -> tuple[str, dict] | None:
 
 
 def _is_known_leaf(m: nn.Module) -> bool:
-    return (isinstance(m, SUPPORTED) or isinstance(m, nn.modules.batchnorm._BatchNorm)
-            or _module_as_call(m) is not None)
+    """A torch layer or op module whose forward is torch's own: a subclass that overrides forward
+    computes something else, and is traced instead."""
+    torch_forward = type(m).forward.__module__.startswith("torch.nn.")
+    return torch_forward and (isinstance(m, SUPPORTED) or isinstance(m, nn.modules.batchnorm._BatchNorm)
+                              or _module_as_call(m) is not None)
 
 
 _ADD = {"add", "iadd", "sub", "isub", "subtract"}
@@ -603,12 +687,12 @@ def input_shape_from_layers(D: nn.Module, input_sizes: dict) -> tuple[int, ...] 
 
 
 def gradient_lower_bound(D: nn.Module, input_shape: Sequence[int], *, starts: int = 4, steps: int = 8,
-                         seed: int = 0) -> float:
+                         seed: int = 0, rounding: float = ROUNDING) -> float:
     """A certified lower bound on D's Lipschitz constant: the largest norm of a gradient of D's
     output (for a vector output, of its mean direction, a unit vector's contraction with the
     Jacobian) at the points visited by `steps` steps of ascent on the difference quotient
     ||D(x) - D(y)|| / ||x - y|| from `starts` random pairs (a private generator: no global RNG
-    draw). D's samples must be independent (eval mode)."""
+    draw), lowered by the relative `rounding`. D's samples must be independent (eval mode)."""
     net = _float64_copy(D)
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
@@ -628,7 +712,15 @@ def gradient_lower_bound(D: nn.Module, input_shape: Sequence[int], *, starts: in
         ratio = (out[:starts] - out[starts:]).norm(dim=1) / (z[:starts] - z[starts:]).flatten(1).norm(dim=1)
         (ascent,) = torch.autograd.grad(ratio.sum(), z)
         z = z.detach() + radius * _unit_rows(ascent)
-    return best * (1 - ROUNDING)
+    return best * (1 - rounding)
+
+
+def computed_weights_rounding(D: nn.Module, weights: int) -> float:
+    """The rounding allowance of a lower bound on a D whose forward computes `weights` of its
+    weights (a hand-written w / sigma): the float64 copy computes them again in float64, and they
+    differ from D's own by D's rounding, taken as 8 units in the last place of D's precision each."""
+    eps = max((torch.finfo(p.dtype).eps for p in D.parameters() if p.is_floating_point()), default=0.0)
+    return max(ROUNDING, 8 * eps * weights) if eps > torch.finfo(torch.float64).eps else ROUNDING
 
 
 def _unit_rows(t: Tensor) -> Tensor:
