@@ -274,3 +274,12 @@ def test_lanczos_stops_at_an_invariant_subspace_between_two_tests():
         layer.weight.fill_(-0.7)
     sigma, vector = top_singular_pair(linear_map(layer), layer.weight, (1, 1, 4, 4), check_every=8)
     assert sigma == pytest.approx(0.7, rel=1e-12) and torch.isfinite(vector).all()
+
+
+def test_the_bound_refuses_an_input_size_of_another_dimension():
+    """A 2-d conv given a 3-d size would be bounded on the first two dimensions alone."""
+    from sngan.linalg import bounds
+
+    layer = nn.Conv2d(2, 2, 3)
+    with pytest.raises(ValueError, match=r"input size \(2, 6, 6\) for Conv2d, which takes 2 spatial dimensions"):
+        bounds.conv_upper_bound(layer, layer.weight, (2, 6, 6))

@@ -50,6 +50,9 @@ def conv_upper_bound(layer: nn.Module, weight: Tensor, input_size: Sequence[int]
     the bound by more than MARGIN)."""
     weight = weight.detach().to(torch.float64)
     size = [int(n) for n in input_size]
+    if len(size) != weight.dim() - 2:  # zip() below would drop the extra entry and bound another map
+        raise ValueError(f"input size {tuple(size)} for {type(layer).__name__}, which takes {weight.dim() - 2} "
+                         "spatial dimensions")
     key = ("bound", id(layer), tuple(size))
     stride, dilation, groups = list(layer.stride), list(layer.dilation), layer.groups
     if isinstance(layer, TRANSPOSED_CONVS):
