@@ -251,3 +251,28 @@ def test_a_second_trainer_on_a_busy_run_folder_stops_at_once(tmp_path):
         first.wait(timeout=600)
     assert first.returncode == 0, first.stderr.read()  # the first one never noticed
     assert last_checkpoint(run)["step"] == 400
+
+
+def test_a_resume_on_a_data_set_of_another_size_is_refused(tmp_path):
+    """dataset.root may move (the same images elsewhere), but a data set of another size would
+    change every later batch: refused, and the run left as it was."""
+    from PIL import Image
+
+    from helpers import TINY_MODEL
+
+    def images(folder, n):
+        folder.mkdir()
+        for i in range(n):
+            Image.new("RGB", (16, 16), (25 * i, 0, 0)).save(folder / f"{i}.png")
+        return folder
+    common = ["dataset=folder", "metrics.during_training=false", "train.batch_size=4", "log.every=100", *NO_SAMPLES]
+    run = tmp_path / "run"
+    train_tiny(run, [*common, f"dataset.root={images(tmp_path / 'a', 8)}", "train.steps=2"], base=TINY_MODEL)
+    before = snapshot(run)
+    with pytest.raises(UserError, match="the data set has 9 images where the run trained on 8"):
+        train_tiny(run, [*common, f"dataset.root={images(tmp_path / 'b', 9)}", "train.steps=3", "resume=true"],
+                   base=TINY_MODEL)
+    assert snapshot(run) == before
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    train_tiny(run, [*common, f"dataset.root={tmp_path / 'moved'}", "train.steps=3", "resume=true"], base=TINY_MODEL)
+    assert last_checkpoint(run)["step"] == 3

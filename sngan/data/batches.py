@@ -78,7 +78,7 @@ class BatchStream:
             raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch ({batch_size})")
         if batch_size % world_size:
             raise ValueError(f"the global batch ({batch_size}) must split evenly over {world_size} ranks")
-        self.seed = seed
+        self.seed, self.size = seed, len(dataset)
         self.batches_per_epoch = len(dataset) // batch_size  # the last partial batch is dropped
         self.epoch, self.index = 0, 0
         self._order = _EpochOrder(len(dataset), seed, batch_size, rank, world_size)
@@ -92,11 +92,14 @@ class BatchStream:
 
     @property
     def position(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "size": self.size}
 
     def restore(self, position: dict) -> None:
         if position["seed"] != self.seed:
             raise ValueError("data position was saved with another seed")
+        if position.get("size", self.size) != self.size:  # (checkpoints before the size was kept: unchecked)
+            raise UserError(f"the data set has {self.size} images where the run trained on {position['size']}: "
+                            "every later batch would differ; resume with the data it trained on (dataset.root)")
         self.epoch, self.index = position["epoch"], position["index"]
         self._iter = None
 
