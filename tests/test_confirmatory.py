@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from sngan.report.confirmatory import (CONFIRMATORY_SEEDS, Times, analyse, complete, kaplan_meier, logrank_greater,
+from sngan.report.confirmatory import (CONFIRMATORY_SEEDS, SETTING, STEPS, Times, analyse, complete, kaplan_meier, logrank_greater,
                                        mcnemar_exact, median_time, newcombe, times_of)
 from helpers import load_script, run_script
 from sngan.report.verdict import confirmatory_section
@@ -57,9 +57,9 @@ def test_mcnemar_exact_on_discordant_pairs():
     assert mcnemar_exact([(True, True), (False, False)]) == (0, 0, 1.0)
 
 
-def _row(variant, seed, collapse_step=None, status="ok", last_step=1500, reason=""):
+def _row(variant, seed, collapse_step=None, status="ok", last_step=1500, reason="", steps=STEPS):
     return {"variant": variant, "seed": seed, "collapsed": collapse_step is not None, "collapse_step": collapse_step,
-            "status": status, "last_step": last_step, "reason": reason}
+            "status": status, "last_step": last_step, "reason": reason, "steps": steps, "optim": SETTING}
 
 
 def test_times_censor_runs_that_never_collapsed_and_divergence_is_a_sensitivity_choice():
@@ -83,9 +83,22 @@ def test_no_test_before_every_registered_run_is_in():
     text = "\n".join(confirmatory_section(partial, []))
     assert "In progress: 63 of 64 runs finished" in text and "log-rank" in text.split("In progress")[0]
     assert "p = " not in text
+    # A failed run is relaunched until it finishes: it does not open the gate, and the report lists it.
     failed = partial + [_row("reshaped", 47, status="failed", last_step=0, reason="machine lost")]
-    assert complete(failed)
+    assert not complete(failed)
     assert "reshaped seed 47: failed: machine lost" in "\n".join(confirmatory_section(failed, []))
+    # Neither does a row of another length, nor a second row of one run.
+    assert not complete(partial + [_row("reshaped", 47, steps=50, last_step=50)])
+    twice = rows + [_row("naive", 16)]
+    assert not complete(twice)
+    assert "more than one row (not counted until one is removed): naive seed 16" in "\n".join(
+        confirmatory_section(twice, []))
+    # A run given up on, with its reason (a dated addendum says why), is accounted for and left out.
+    abandoned = partial + [_row("reshaped", 47, status="abandoned", last_step=0, reason="data lost")]
+    assert complete(abandoned)
+    text = "\n".join(confirmatory_section(abandoned, []))
+    assert "reshaped seed 47: abandoned: data lost" in text
+    assert "study of 32 new seeds per variant" in text and "against 0 of 31 `reshaped` runs" in text
 
 
 def test_the_registered_sentence_for_each_outcome():
@@ -103,12 +116,41 @@ def test_the_registered_sentence_for_each_outcome():
     assert "**The data do not show it." in text and "probability of 0.83" in text
 
 
+def test_a_significant_result_says_which_way_the_rates_went():
+    """Sooner is not more often: naive's runs that diverge early leave the risk set; the sentence
+    says so when reshaped collapsed more often by the end."""
+    rows = _study({s: 100 for s in range(16, 25)}, {s: 1500 for s in range(16, 26)})
+    for r in rows:
+        if r["variant"] == "naive" and 25 <= r["seed"] < 45:
+            r.update(status="diverged", last_step=150)
+    result = analyse(rows)
+    assert result["logrank"][1] < 0.05 and result["difference"][0] < 0
+    text = "\n".join(confirmatory_section(rows, []))
+    assert "**Yes." in text and "0.03 less often" in text and "`reshaped` collapsed more often than `naive`." in text
+
+
+def test_p_values_near_alpha_keep_the_digit_that_decides():
+    from sngan.report.verdict import _p
+
+    assert (_p(0.0496), _p(0.0504), _p(0.05), _p(0.12), _p(0.00042)) == ("0.0496", "0.0504", "0.05", "0.12", "4.2e-04")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # no collapse at all: the log-rank is nan
+def test_the_sensitivity_rows_pairs_count_a_divergence_as_a_collapse():
+    rows = _study({}, {})
+    for r in rows:
+        if r["variant"] == "naive" and r["seed"] < 26 and r["seed"] >= 16:
+            r.update(status="diverged", last_step=1000)
+    assert analyse(rows)["mcnemar"][:2] == (0, 0)
+    assert analyse(rows, divergence_is_collapse=True)["mcnemar"][:2] == (10, 0)
+
+
 def test_the_report_keeps_the_exploratory_tables_apart_and_plots_the_curves_once_complete(tmp_path):
     from sngan.report.document import KAPLAN_MEIER, write_report
 
     columns = {"steps": 1500, "best_clean_rate": 0.4, "final_clean_rate": 0.3, "final_modes_covered": 8,
                "max_sigma_matrix": 1.0, "max_lipschitz_bound": 50.0, "first_warning_step": None,
-               "first_worsening_step": None, "optim": "E", "run": ""}
+               "first_worsening_step": None, "run": ""}
     rows = [{**columns, **r} for r in _study({s: 600 for s in range(16, 32)}, {})]
     partial = rows[1:]  # naive seed 16 not in yet
     text = write_report(partial, [], tmp_path / "partial").read_text()
@@ -132,7 +174,7 @@ def test_the_independent_recomputation_checks_the_reports_p(tmp_path):
 
     columns = {"steps": 1500, "best_clean_rate": 0.4, "final_clean_rate": 0.3, "final_modes_covered": 8,
                "max_sigma_matrix": 1.0, "max_lipschitz_bound": 50.0, "first_warning_step": None,
-               "first_worsening_step": None, "optim": "E", "run": ""}
+               "first_worsening_step": None, "run": ""}
     # Ties across variants, a divergence and a failed run: the cases where two codes could part.
     rows = [{**columns, **r} for r in _study({16: 600, 17: 600, 18: 900, 19: 1250, 20: 1500},
                                              {16: 900, 25: 1250})]
@@ -140,7 +182,7 @@ def test_the_independent_recomputation_checks_the_reports_p(tmp_path):
         if r["variant"] == "naive" and r["seed"] == 30:
             r.update(status="diverged", last_step=1100)
         if r["variant"] == "reshaped" and r["seed"] == 31:
-            r.update(status="failed", last_step=0, reason="machine lost")
+            r.update(status="abandoned", last_step=0, reason="machine lost")
     write_csv(tmp_path / "runs.csv", rows, RUN_COLUMNS)
     write_report(rows, [], tmp_path)
     statistic, p = analyse(rows)["logrank"]
@@ -152,6 +194,7 @@ def test_the_independent_recomputation_checks_the_reports_p(tmp_path):
     report.write_text(report.read_text().replace(f"| {statistic:.3f} |", f"| {statistic + 0.01:.3f} |", 1))
     assert run_script("recompute_primary_p.py", [tmp_path]).returncode == 1
 
-    write_csv(tmp_path / "runs.csv", rows[1:], RUN_COLUMNS)  # naive seed 16 not in
-    missing = run_script("recompute_primary_p.py", [tmp_path])
-    assert missing.returncode == 2 and "registered runs missing (naive: 1)" in missing.stderr
+    for lacking in (rows[1:], rows + [rows[0]], [{**r, "status": "failed"} if r is rows[0] else r for r in rows]):
+        write_csv(tmp_path / "runs.csv", lacking, RUN_COLUMNS)  # naive seed 16 missing, twice, failed
+        missing = run_script("recompute_primary_p.py", [tmp_path])
+        assert missing.returncode == 2 and "registered runs not accounted for (naive: 1)" in missing.stderr

@@ -17,6 +17,8 @@ from sngan.report.stats import FINISHED, wilson
 EXPLORATORY_SEEDS = range(0, 16)
 CONFIRMATORY_SEEDS = range(16, 48)
 PAIR = ("naive", "reshaped")    # (hypothesised to collapse sooner, the correct recipe)
+STEPS, SETTING = 1500, "lr0.001,b0.5/0.999,ndis5"  # the registered runs' length and optimizer (setting E)
+ABANDONED = "abandoned"         # the status of a run given up on (a dated addendum says why; its row the reason)
 ALPHA = 0.05
 REGISTERED_POWER = 0.83         # the registration's power at the exploratory rates (fixed before the runs)
 EXPLORATORY_RATES = (0.44, 0.19)
@@ -58,10 +60,9 @@ def times_of(rows: list[dict], divergence_is_collapse: bool = False) -> Times:
             continue
         if row["collapsed"]:
             times.append(int(row["collapse_step"]))
-            events.append(True)
         else:
             times.append(int(row["last_step"]))
-            events.append(divergence_is_collapse and row["status"] == "diverged")
+        events.append(_collapses(row, divergence_is_collapse))
     return Times(tuple(times), tuple(events))
 
 
@@ -115,16 +116,28 @@ def median_time(curve: list[tuple[int, float, float, float]]) -> int | None:
 
 
 def registered_runs(rows: list[dict], seeds: range = CONFIRMATORY_SEEDS) -> dict[str, list[dict]]:
-    """The rows of the pair's variants on `seeds`, by variant."""
-    return {v: sorted((r for r in rows if r["variant"] == v and r["seed"] in seeds), key=lambda r: r["seed"])
-            for v in PAIR}
+    """The rows of the pair's variants on `seeds` at the registered length and setting, by variant."""
+    return {v: sorted((r for r in rows if r["variant"] == v and r["seed"] in seeds and r["steps"] == STEPS
+                       and r["optim"] == SETTING), key=lambda r: r["seed"]) for v in PAIR}
+
+
+def duplicates(rows: list[dict]) -> list[tuple[str, int]]:
+    """(variant, seed) of the registered runs with more than one row: which one counts is not decided."""
+    runs = registered_runs(rows)
+    return sorted({(v, r["seed"]) for v in PAIR for r in runs[v] if sum(o["seed"] == r["seed"] for o in runs[v]) > 1})
 
 
 def complete(rows: list[dict]) -> bool:
-    """Every registered run is accounted for: present and finished, or failed with a reason."""
+    """Every registered run is accounted for: one row each, finished (ok or diverged) or abandoned
+    with its reason. A failed run is not: it is relaunched until it finishes."""
     runs = registered_runs(rows)
-    return all(len(runs[v]) == len(CONFIRMATORY_SEEDS) and
-               all(r["status"] in FINISHED or r.get("reason") for r in runs[v]) for v in PAIR)
+    return not duplicates(rows) and all(
+        {r["seed"] for r in runs[v]} == set(CONFIRMATORY_SEEDS) and
+        all(r["status"] in FINISHED or (r["status"] == ABANDONED and r.get("reason")) for r in runs[v]) for v in PAIR)
+
+
+def _collapses(row: dict, divergence_is_collapse: bool) -> bool:
+    return bool(row["collapsed"]) or (divergence_is_collapse and row["status"] == "diverged")
 
 
 def analyse(rows: list[dict], seeds: range = CONFIRMATORY_SEEDS, divergence_is_collapse: bool = False) -> dict:
@@ -132,7 +145,8 @@ def analyse(rows: list[dict], seeds: range = CONFIRMATORY_SEEDS, divergence_is_c
     runs = registered_runs(rows, seeds)
     a, b = (times_of(runs[v], divergence_is_collapse) for v in PAIR)
     statistic, p = logrank_greater(a, b)
-    by_seed = {v: {r["seed"]: bool(r["collapsed"]) for r in runs[v] if r["status"] in FINISHED} for v in PAIR}
+    by_seed = {v: {r["seed"]: _collapses(r, divergence_is_collapse) for r in runs[v] if r["status"] in FINISHED}
+               for v in PAIR}
     pairs = [(by_seed[PAIR[0]][s], by_seed[PAIR[1]][s]) for s in seeds if all(s in by_seed[v] for v in PAIR)]
     curves = {v: kaplan_meier(t) for v, t in zip(PAIR, (a, b))}
     return {"times": dict(zip(PAIR, (a, b))), "logrank": (statistic, p),

@@ -5,14 +5,17 @@ registration fixed for the outcome that occurred."""
 from __future__ import annotations
 
 from sngan.report.confirmatory import (ALPHA, CONFIRMATORY_SEEDS, EXPLORATORY_RATES, PAIR, REGISTERED_POWER, analyse,
-                                       complete, registered_runs)
+                                       complete, duplicates, registered_runs)
 from sngan.report.stats import FINISHED, wilson
 
 ALL_SEEDS = range(0, CONFIRMATORY_SEEDS.stop)
 
 
 def _p(value: float) -> str:
-    return f"{value:.2g}" if value >= 0.001 else f"{value:.1e}"
+    """Two significant digits; three next to alpha, where two would round across it."""
+    if value < 0.001:
+        return f"{value:.1e}"
+    return f"{value:.3g}" if abs(value - ALPHA) < 0.005 else f"{value:.2g}"
 
 
 def _steps(value: int | None) -> str:
@@ -28,10 +31,13 @@ def status_lines(rows: list[dict]) -> list[str]:
              "| --- | ---: | ---: | ---: | ---: |"]
     failed = []
     for v in PAIR:
-        done = [r for r in runs[v] if r["status"] in FINISHED]
+        done = {r["seed"] for r in runs[v] if r["status"] in FINISHED}
         bad = [r for r in runs[v] if r["status"] not in FINISHED and r.get("reason")]
         failed += [f"- {v} seed {r['seed']}: {r['status']}: {r['reason']}" for r in bad]
         lines.append(f"| {v} | {n} | {len(done)} | {len(bad)} | {n - len(done) - len(bad)} |")
+    twice = [f"{v} seed {seed}" for v, seed in duplicates(rows)]
+    if twice:
+        failed.append(f"- more than one row (not counted until one is removed): {', '.join(twice)}")
     return lines + ([""] + failed if failed else [])
 
 
@@ -41,13 +47,16 @@ def sentence(result: dict) -> str:
     statistic, p = result["logrank"]
     d, low, high = result["difference"]
     counts = f"{a.collapsed} of {a.n} `naive` runs had collapsed by step 1500 against {b.collapsed} of {b.n} `reshaped` runs"
+    seeds = len(CONFIRMATORY_SEEDS)  # as registered; runs that could not be finished show in "K of n"
+    reverse = " `reshaped` collapsed more often than `naive`." if b.collapsed / b.n > a.collapsed / a.n else ""
     if p < ALPHA:
         m_a, m_b = (result["medians"][v] for v in PAIR)
-        return (f"Yes. In a pre-registered study of {a.n} new seeds per variant, the naive recipe collapsed sooner "
-                f"than correct SN (log-rank, one-sided p = {_p(p)}): {counts} ({d:.2f} more often, 95% CI "
-                f"[{low:.2f}, {high:.2f}]); median time to first collapse {_steps(m_a)} against {_steps(m_b)}.")
-    reverse = (" `reshaped` collapsed more often than `naive`." if b.collapsed > a.collapsed else "")
-    return (f"The data do not show it. A pre-registered study of {a.n} new seeds per variant did not find that the "
+        often = f"{d:.2f} more often" if d >= 0 else f"{-d:.2f} less often"
+        return (f"Yes. In a pre-registered study of {seeds} new seeds per variant, the naive recipe collapsed sooner "
+                f"than correct SN (log-rank, one-sided p = {_p(p)}): {counts} ({often}, 95% CI "
+                f"[{low:.2f}, {high:.2f}]); median time to first collapse {_steps(m_a)} against {_steps(m_b)}."
+                f"{reverse}")
+    return (f"The data do not show it. A pre-registered study of {seeds} new seeds per variant did not find that the "
             f"naive recipe collapses sooner than correct SN (log-rank, one-sided p = {_p(p)}; {counts}, difference "
             f"{d:.2f}, 95% CI [{low:.2f}, {high:.2f}]). Had the exploratory study's rates ({EXPLORATORY_RATES[0]} "
             f"against {EXPLORATORY_RATES[1]}) been the truth, the test would have detected them with a probability "
