@@ -101,7 +101,8 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int | None = None, device: str 
     result.update({key.replace("operator_upper", "operator_gap"): upper / sigmas[key.replace("upper", "lower")] - 1
                    for key, upper in sigmas.items() if key.startswith("sigma/operator_upper/")})
     result["lipschitz/network_lower"], result["lipschitz/network_upper"] = network_lipschitz_bounds(D, (3, res, res))
-    cache_name = real_stats_cache_name(cfg.dataset.name, cfg.dataset.get("root", ""), res, feature_extractor)
+    cache_name = real_stats_cache_name(cfg.dataset.name, cfg.dataset.get("root", ""), res, feature_extractor,
+                                       cfg.dataset.get("crop"), len(dataset))
     fidelity = dict(cache_name=cache_name, cache_root=Path(cache_root), device=dev,
                     feature_extractor=feature_extractor, weights=inception_weights or None, seed=seed)
     if oracle is not None:

@@ -55,12 +55,30 @@ def write_images(images: torch.Tensor, out: Path, step: int) -> None:
             save_image(image, out / f"{i:06d}.png", normalize=True, value_range=(-1, 1))
 
 
+OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def check_out(out: Path) -> None:
+    """A .png grid file, or a folder for one PNG per image that holds none from an earlier call
+    (mixed with them, the folder would hold two sets of samples)."""
+    if out.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+        raise UserError(f"out={out}: a grid is written as PNG: pass out={out.with_suffix('.png')}, or a folder "
+                        "name without an image suffix for one PNG per image")
+    if out.suffix.lower() == ".png":
+        writable_file(out, "out")
+        return
+    if out.is_dir() and any(out.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
+        raise UserError(f"out={out} already holds sample images (000000.png, ...) of an earlier call: choose a "
+                        "new folder, or remove them first")
+    writable_folder(out, "out")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         a = parse_args(sys.argv[1:] if argv is None else argv, OPTIONS, USAGE, __doc__.split("\n\n")[1])
         G, _, step = load_generator(a["ckpt"], a["device"])
         out = Path(a["out"]).expanduser()  # checked before generating: a grid file, or a folder of images
-        writable_file(out, "out") if out.suffix.lower() == ".png" else writable_folder(out, "out")
+        check_out(out)
         images = generate(G, a["n"], a["seed"], resolve_device(a["device"]))
         try:
             write_images(images, out, step)

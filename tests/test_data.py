@@ -513,3 +513,38 @@ def test_build_dataset_unknown_name_lists_the_choices():
 def test_build_dataset_bad_values_are_user_errors(cfg, match):
     with pytest.raises(UserError, match=match):
         build_dataset(OmegaConf.create(cfg))
+
+
+def test_folder_images_read_as_they_show(tmp_path):
+    """16-bit grey is scaled (not clipped to white), transparency lies over black (not the colour
+    hidden under it), an EXIF orientation turns the image upright, hidden files are skipped."""
+    from PIL import Image
+
+    from sngan.data.real import ImageFiles, _images_in, as_rgb
+
+    grey = Image.fromarray(np.full((4, 4), 32896, dtype=np.uint16))  # 32896 / 257 = 128
+    grey.save(tmp_path / "grey16.png")
+    rgba = Image.new("RGBA", (4, 4), (200, 0, 0, 0))  # fully transparent red
+    rgba.putpixel((0, 0), (0, 200, 0, 255))
+    rgba.save(tmp_path / "rgba.png")
+    wide = Image.new("RGB", (6, 2), (255, 0, 0))
+    wide.putpixel((0, 0), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to view
+    wide.save(tmp_path / "turned.png", exif=exif)
+    (tmp_path / "._grey16.png").write_bytes(b"macOS metadata, not an image")
+    (tmp_path / ".thumbs").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / ".thumbs" / "t.png")
+
+    assert [os.path.basename(p) for p in _images_in(str(tmp_path), recursive=True)] == [
+        "grey16.png", "rgba.png", "turned.png"]
+    with Image.open(tmp_path / "grey16.png") as image:
+        assert np.asarray(as_rgb(image)).tolist() == [[[128] * 3] * 4] * 4
+    with Image.open(tmp_path / "rgba.png") as image:
+        pixels = np.asarray(as_rgb(image))
+    assert pixels[0, 0].tolist() == [0, 200, 0] and pixels[1, 1].tolist() == [0, 0, 0]
+    with Image.open(tmp_path / "turned.png") as image:
+        upright = as_rgb(image)
+    assert upright.size == (2, 6) and upright.getpixel((1, 0)) == (0, 0, 255)  # the corner turned with it
+    images = ImageFiles(_images_in(str(tmp_path), recursive=False), lambda im: np.asarray(im))
+    assert [images[i].shape for i in range(len(images))] == [(4, 4, 3), (4, 4, 3), (6, 2, 3)]

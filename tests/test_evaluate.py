@@ -235,3 +235,44 @@ def test_bad_protocol_arguments(args, message):
     with pytest.raises(SystemExit) as info:
         main(args)
     assert str(info.value).startswith("error: ") and message in str(info.value)
+
+
+def _folder_run(tmp_path, n_images=12):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(n_images):
+        Image.new("RGB", (20, 20), (20 * i, 255 - 20 * i, 0)).save(images / f"{i:02d}.png")
+    run = tmp_path / "run"
+    train_tiny(run, ["dataset=folder", f"dataset.root={images}", "metrics.during_training=false",
+                     "train.batch_size=4", "train.steps=2", "log.every=100", *QUIET], base=TINY_MODEL)
+    return run, images
+
+
+def test_few_samples_give_a_finite_inception_score_and_the_cache_knows_the_data_sets_size(tmp_path):
+    run, images = _folder_run(tmp_path)
+    cache = tmp_path / "cache"
+    result = evaluate(str(run), n=4, feature_extractor="sngan-test-features", cache_root=str(cache))
+    assert torch.isfinite(torch.tensor(result["metrics/isc"]))  # 4 samples: 4 splits, not 10 (some empty)
+    assert any(cache.rglob("*-n12*"))
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(images / "12.png")  # the folder gained an image: new statistics
+    evaluate(str(run), n=4, feature_extractor="sngan-test-features", cache_root=str(cache))
+    assert any(cache.rglob("*-n13*"))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning",
+                            "ignore::pytest.PytestUnraisableExceptionWarning")  # the stopped workers' loader
+def test_an_unreadable_image_read_by_torch_fidelitys_workers_is_one_line(tmp_path, monkeypatch):
+    """On a machine of 4 cores or more torch-fidelity reads the real images in worker processes,
+    which wrap the error in their traceback: the user sees the image's one line."""
+    import os
+
+    run, images = _folder_run(tmp_path)
+    (images / "05.png").write_bytes(b"not an image")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    with pytest.raises(UserError) as info:
+        evaluate(str(run), n=4, feature_extractor="sngan-test-features", cache_root=str(tmp_path / "cache"))
+    assert str(info.value).startswith(f"cannot read image {images / '05.png'}") and "\n" not in str(info.value)

@@ -29,6 +29,18 @@ def test_grid_and_folder_outputs(run_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [f"{i:06d}.png" for i in range(5)]
 
 
+def test_an_out_that_would_mix_or_misname_samples_is_refused(run_dir, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    assert call("sample", [f"ckpt={run_dir}", "n=3", f"out={folder}"], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code, err, _ = call("sample", [f"ckpt={run_dir}", "n=2", "seed=1", f"out={folder}"], capsys)
+    assert code == 1 and f"out={folder} already holds sample images (000000.png, ...) of an earlier call" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    code, err, _ = call("sample", [f"ckpt={run_dir}", f"out={tmp_path / 'grid.jpg'}"], capsys)
+    assert code == 1 and f"a grid is written as PNG: pass out={tmp_path / 'grid.png'}" in err
+    assert not (tmp_path / "grid.jpg").exists()
+
+
 def test_uses_the_ema_generator(run_dir):
     G, _, step = load_generator(str(run_dir))
     assert step == 3

@@ -13,7 +13,7 @@ import tarfile
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from sngan.run.errors import UserError
@@ -121,10 +121,29 @@ class ImageFiles(Dataset):
         path = self.files[index]
         try:
             with Image.open(path) as image:
-                image = image.convert("RGB")
+                image = as_rgb(image)
         except OSError as e:
             raise UserError(f"cannot read image {path} ({_one_line(e)}); remove or replace the file") from None
         return self.transform(image)
+
+
+def _is_image_name(name: str) -> bool:
+    """An image file's name; hidden files (macOS's `._x.jpg` metadata beside x.jpg) are not images."""
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB as the file shows it: turned upright by its EXIF orientation, 16-bit grey scaled to
+    8 bits (PIL's convert would clip it at 255: a white image), transparency over black (convert
+    would bring back the colours hidden under it)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        grey = np.asarray(image, dtype=np.float64) / 257  # 65535 -> 255
+        return Image.fromarray(grey.round().clip(0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
 
 
 def _images_in(folder: str, recursive: bool) -> list[str]:
@@ -132,11 +151,11 @@ def _images_in(folder: str, recursive: bool) -> list[str]:
     found = []
     if recursive:
         for directory, subdirs, names in os.walk(folder):
-            subdirs.sort()
-            found += [os.path.join(directory, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))  # no hidden folders (.thumbnails)
+            found += [os.path.join(directory, n) for n in names if _is_image_name(n)]
     else:
         with os.scandir(folder) as entries:
-            found = [e.path for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()]
+            found = [e.path for e in entries if _is_image_name(e.name) and e.is_file()]
     return sorted(found)
 
 

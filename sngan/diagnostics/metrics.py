@@ -11,6 +11,7 @@ sample counts a paper's numbers were measured with, since FID and IS depend on t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from sngan.run.errors import UserError
+from sngan.run.errors import UserError, describe_os_error, is_write_error, write_error_fix
 from sngan.linalg.network import eval_mode
 
 DEFAULT_FEATURE_EXTRACTOR = "inception-v3-compat"
@@ -95,10 +96,28 @@ def _weights_error(name: str, error: Exception, weights: str | None = None) -> U
                      "(or train with metrics.during_training=false)")
 
 
-def real_stats_cache_name(dataset_name: str, root: str, resolution: int, feature_extractor: str) -> str:
-    """The name the real data's feature statistics are cached under: one per data folder and size."""
+def real_stats_cache_name(dataset_name: str, root: str, resolution: int, feature_extractor: str,
+                          crop: int | None = None, images: int | None = None) -> str:
+    """The name the real data's feature statistics are cached under: one per data folder, crop,
+    size and number of images (a folder that gains or loses images is another data set)."""
     where = hashlib.sha1(str(Path(root or ".").expanduser().resolve()).encode()).hexdigest()[:8]
-    return f"sngan-{dataset_name}-{resolution}-{feature_extractor}-{where}"
+    cropped = "" if crop is None else f"-crop{crop}"
+    counted = "" if images is None else f"-n{images}"
+    return f"sngan-{dataset_name}-{resolution}{cropped}-{feature_extractor}-{where}{counted}"
+
+
+def _local(weights: str | None) -> str | None:
+    return str(Path(weights).expanduser()) if weights else None
+
+
+def _worker_message(error: UserError) -> str:
+    """A UserError raised in a DataLoader worker comes back wrapped in the worker's traceback: its
+    own last line is the message."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split("UserError: ", 1)[-1]
 
 
 def check_feature_extractor(name: str, weights: str | None) -> None:
@@ -112,7 +131,7 @@ def check_feature_extractor(name: str, weights: str | None) -> None:
     try:
         with torch.random.fork_rng(devices=[]):  # building it must not draw from the run's RNG
             tf.utils.create_feature_extractor(name, [layer], cuda=False, verbose=False,
-                                              feature_extractor_weights_path=weights)
+                                              feature_extractor_weights_path=_local(weights))
     except OSError as e:
         raise _weights_error(name, e, weights) from None
     except Exception as e:  # a file that unpickles to garbage, or to other weights
@@ -132,7 +151,8 @@ def fidelity_metrics(G: nn.Module, real: Dataset, *, n: int, cache_name: str, ca
     result = _calculate(G, device, seed, feature_extractor, weights,
                         input1_model_num_samples=n, input2=_Uint8Images(real), input2_cache_name=cache_name,
                         cache_root=str(Path(cache_root).expanduser()), cache=True,
-                        fid=True, isc=True, kid=True, kid_subset_size=min(1000, n, len(real)))
+                        fid=True, isc=True, kid=True, kid_subset_size=min(1000, n, len(real)),
+                        isc_splits=min(10, n))  # fewer samples than splits: empty splits, an IS of NaN
     return {"fid": float(result["frechet_inception_distance"]),
             "isc": float(result["inception_score_mean"]),
             "kid": float(result["kernel_inception_distance_mean"])}
@@ -143,10 +163,10 @@ class RealDataMetrics:
     trainer's periodic evaluation (its data set's statistics cached under cache_root)."""
 
     def __init__(self, dataset: Dataset, *, dataset_name: str, root: str, resolution: int, n: int, cache_root: Path,
-                 device: torch.device, feature_extractor: str, weights: str | None, seed: int):
+                 device: torch.device, feature_extractor: str, weights: str | None, seed: int, crop: int | None = None):
         self.dataset, self.n, self.cache_root, self.device, self.seed = dataset, n, cache_root, device, seed
         self.feature_extractor, self.weights = feature_extractor, weights
-        self.cache_name = real_stats_cache_name(dataset_name, root, resolution, feature_extractor)
+        self.cache_name = real_stats_cache_name(dataset_name, root, resolution, feature_extractor, crop, len(dataset))
 
     def __call__(self, G: nn.Module) -> dict[str, float]:
         values = fidelity_metrics(G, self.dataset, n=self.n, cache_name=self.cache_name, cache_root=self.cache_root,
@@ -162,17 +182,24 @@ def _calculate(G: nn.Module, device: torch.device, seed: int, feature_extractor:
     tf = _torch_fidelity()
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
+    # torch-fidelity puts G, its extractor and its batches on the current CUDA device: make it G's.
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        with eval_mode(G), torch.random.fork_rng(devices=devices):
+        with eval_mode(G), torch.random.fork_rng(devices=devices), on_device:
             # The wrapper switches G to eval mode for good; eval_mode switches it back.
             wrapped = tf.GenerativeModelModuleWrapper(_Uint8Generator(G), G.z_dim, "normal", 0)
             return tf.calculate_metrics(
-                input1=wrapped, feature_extractor=feature_extractor, feature_extractor_weights_path=weights,
+                input1=wrapped, feature_extractor=feature_extractor, feature_extractor_weights_path=_local(weights),
                 cuda=device.type == "cuda", rng_seed=seed, verbose=False,
                 # its loader takes min(4, 2 x cores) workers, more than a small machine has: none there
                 save_cpu_ram=(os.cpu_count() or 1) < 4, **kwargs)
-    except OSError as e:  # the weights could not be downloaded
-        raise _weights_error(feature_extractor, e) from None
+    except UserError as e:  # an unreadable image, perhaps read in one of its loader's workers
+        raise UserError(_worker_message(e)) from None
+    except OSError as e:
+        if is_write_error(e):  # the real data's statistics go to the cache
+            raise UserError(f"cannot write {describe_os_error(e)} (metrics.cache_root caches the real data's "
+                            f"statistics): {write_error_fix(e)}, or pass another metrics.cache_root") from None
+        raise _weights_error(feature_extractor, e) from None  # the weights could not be downloaded
 
 
 def real_subset(real: Dataset, n: int) -> Dataset:

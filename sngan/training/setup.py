@@ -201,7 +201,7 @@ def real_data_metrics(cfg: DictConfig, dataset, device: torch.device) -> RealDat
     return RealDataMetrics(dataset, dataset_name=cfg.dataset.name, root=cfg.dataset.get("root") or "",
                            resolution=cfg.dataset.resolution, n=cfg.log.n_eval, cache_root=Path(m.cache_root),
                            device=device, feature_extractor=m.feature_extractor, weights=m.inception_weights,
-                           seed=cfg.seed)
+                           seed=cfg.seed, crop=cfg.dataset.get("crop"))
 
 
 def open_monitor(cfg: DictConfig, run_dir: Path, G: nn.Module, device: torch.device, start: int, dataset) -> Monitor:
