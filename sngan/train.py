@@ -61,8 +61,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
                 for scheduler in run.schedulers:
                     scheduler.step()
                 step += 1
-                if ema is not None and step > t.ema_start:
-                    update_ema(ema, G, t.ema_decay)
+                if ema is not None:  # until train.ema_start it follows G: samples and metrics come from it
+                    update_ema(ema, G, t.ema_decay if step > t.ema_start else 0.0)
                 finite &= torch.isfinite(it.loss_d) & torch.isfinite(it.loss_g)
                 if monitor is not None:
                     monitor.advance(step)

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from helpers import (NO_SAMPLES, SCALARS_EVERY_2, TINY, assert_identical, last_checkpoint, read_scalars, snapshot,
@@ -276,3 +277,36 @@ def test_a_resume_on_a_data_set_of_another_size_is_refused(tmp_path):
     shutil.copytree(tmp_path / "a", tmp_path / "moved")
     train_tiny(run, [*common, f"dataset.root={tmp_path / 'moved'}", "train.steps=3", "resume=true"], base=TINY_MODEL)
     assert last_checkpoint(run)["step"] == 3
+
+
+def test_a_resume_takes_this_devices_adam_and_the_weights_memory_layout(tmp_path, monkeypatch):
+    """A checkpoint of a CUDA run (fused, capturable Adam) resumed on the CPU trains exactly as the
+    CPU run's own checkpoint does; and a resume that switches train.channels_last keeps every Adam
+    moment in its weight's layout."""
+    import sngan.training.setup as setup
+
+    run = tmp_path / "run"
+    train_tiny(run, [*SCALARS_EVERY_2, "train.steps=2"])
+    as_cuda = tmp_path / "as_cuda"
+    shutil.copytree(run, as_cuda)
+    state = torch.load(as_cuda / "checkpoints" / "last.pt", weights_only=False)
+    for key in ("opt_g", "opt_d"):
+        for group in state[key]["param_groups"]:
+            group.update(fused=True, capturable=True)
+    checkpoint.atomic_save(state, as_cuda / "checkpoints" / "last.pt")
+    for folder in (run, as_cuda):
+        train_tiny(folder, [*SCALARS_EVERY_2, "train.steps=4", "resume=true"])
+    assert_identical(last_checkpoint(run), last_checkpoint(as_cuda))
+
+    layouts = []
+    real = setup.match_state_layouts
+
+    def checked(*optimizers):
+        real(*optimizers)
+        layouts.extend(value.stride() == param.stride() for opt in optimizers for param, st in opt.state.items()
+                       for value in st.values() if torch.is_tensor(value) and value.shape == param.shape)
+    switched = tmp_path / "switched"
+    train_tiny(switched, [*SCALARS_EVERY_2, "train.steps=2", "train.channels_last=true"])
+    monkeypatch.setattr(setup, "match_state_layouts", checked)
+    train_tiny(switched, [*SCALARS_EVERY_2, "train.steps=3", "resume=true", "train.channels_last=false"])
+    assert len(layouts) > 4 and all(layouts)

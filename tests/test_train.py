@@ -342,3 +342,19 @@ def test_an_old_resnet_checkpoint_without_the_keys_loads_and_resumes(tmp_path):
     train_tiny(tmp_path / "forked", ["train.steps=3"] + FAST_LOG + [f"resume={ckpt}"],
                command_line=[f"resume={ckpt}", "train.steps=3"])
     assert last_checkpoint(tmp_path / "forked")["step"] == 3
+
+
+def test_the_ema_is_a_copy_of_g_until_it_starts_averaging(tmp_path):
+    """Samples, metrics and health read the EMA: before train.ema_start it must be G, not G at its
+    initialisation; after it, the average starts from G's weights there."""
+    run = tmp_path / "run"
+    train_tiny(run, ["train.steps=3", "train.ema_decay=0.5", "train.ema_start=2", "ckpt.every=1", "ckpt.keep=3",
+                     "log.every=100", "log.sample_every=100", "log.eval_every=100"])
+    snapshots = {step: torch.load(run / "checkpoints" / f"step_{step:07d}.pt", weights_only=False)
+                 for step in (2, 3)}
+    at_2, at_3 = snapshots[2], snapshots[3]
+    for name, value in at_2["G"].items():
+        assert torch.equal(at_2["G_ema"][f"module.{name}"], value), name
+    weight = "fc.weight"
+    expected = torch.lerp(at_2["G"][weight], at_3["G"][weight], 0.5)
+    assert torch.equal(at_3["G_ema"][f"module.{weight}"], expected)

@@ -27,6 +27,30 @@ def adam_options(device: torch.device) -> dict:
     return {"fused": True, "capturable": True} if device.type == "cuda" else {}
 
 
+# Adam's implementation switches: chosen for the device the run trains on, not kept from the checkpoint.
+_IMPLEMENTATION = ("fused", "capturable", "foreach")
+
+
+def for_this_device(opt: torch.optim.Optimizer, saved: dict) -> dict:
+    """A saved optimizer state whose param groups take `opt`'s own implementation switches (built
+    for this run's device): a CUDA run's fused, capturable Adam resumed on the CPU, or the reverse,
+    would otherwise keep the other device's kernels (load_state_dict restores them with the rest)."""
+    groups = [{**group, **{k: opt.defaults[k] for k in _IMPLEMENTATION if k in opt.defaults}}
+              for group in saved["param_groups"]]
+    return {**saved, "param_groups": groups}
+
+
+def match_state_layouts(*optimizers: torch.optim.Optimizer) -> None:
+    """Each optimizer state tensor in its parameter's memory layout: a resume that switches
+    train.channels_last converts the weights after their Adam moments were loaded in the saved
+    layout (a fused kernel pairs entries by memory position)."""
+    for opt in optimizers:
+        for param, state in opt.state.items():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(value)
+
+
 def place_learning_rates(optimizers: tuple, device: torch.device) -> None:
     """Each optimizer's learning rate as this device's kind (a device tensor on CUDA, else a float),
     also after loading a checkpoint written on the other kind. Recomputed from the schedule (a CUDA

@@ -34,7 +34,7 @@ from sngan.run.status import write_status
 from sngan.training import distributed
 from sngan.training.determinism import rank_seed, seed_everything, set_determinism
 from sngan.training.graphed import GraphedIteration
-from sngan.training.optim import build_optimizers
+from sngan.training.optim import build_optimizers, match_state_layouts
 from sngan.training.state import restore_training_state, save_checkpoint
 from sngan.training.step import Iteration, apply_speed_switches, gan_iteration
 
@@ -175,6 +175,7 @@ def build_run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, devic
             log.info(line)
 
     G_update, D_update = wrap_for_speed_and_scale(cfg, G, D, device, ctx)
+    match_state_layouts(*optimizers[:2])  # a resume may have switched train.channels_last
     monitor = open_monitor(cfg, run_dir, G, device, start, dataset) if ctx.is_main else None
     sample_G = ema.module if ema is not None else G
     sample_metrics = real_metrics or (monitor.oracle_metrics if monitor is not None else None)

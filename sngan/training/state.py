@@ -15,7 +15,7 @@ from sngan.run import checkpoint
 from sngan.run.errors import UserError
 from sngan.training import distributed
 from sngan.training.determinism import rank_seed, seed_everything
-from sngan.training.optim import place_learning_rates
+from sngan.training.optim import for_this_device, place_learning_rates
 
 log = logging.getLogger("sngan.train")
 
@@ -27,7 +27,7 @@ def restore_training_state(state: dict, cfg: DictConfig, ctx: distributed.Contex
     load_weights(state, source, G, D, ema)
     try:
         for obj, key in zip(optimizers, ("opt_g", "opt_d", "sched_g", "sched_d")):
-            obj.load_state_dict(state[key])
+            obj.load_state_dict(for_this_device(obj, state[key]) if key.startswith("opt") else state[key])
         place_learning_rates(optimizers, next(G.parameters()).device)
         stream.restore(state["data"])
         health.load_state_dict(state.get("health") or {})  # checkpoints older than the health checks
