@@ -392,6 +392,10 @@ def _fits_the_device(values: Mapping[str, Any]) -> str | None:
         return "train.amp=true needs a GPU with bf16 support; use train.amp=false"
     if values.get("train.cuda_graph") and device != "cuda":
         return f"train.cuda_graph=true needs a CUDA device (this run's is {device}); use train.cuda_graph=false"
+    if (values.get("train.deterministic") and device == "cuda" and values.get("model.name") == "resnet"
+            and values.get("model.upsample") == "bilinear"):
+        return ("train.deterministic=true cannot train model.upsample=bilinear on CUDA (torch has no deterministic "
+                "backward for bilinear upsampling there); use model.upsample=nearest or train.deterministic=false")
     return None
 
 

@@ -107,3 +107,15 @@ def test_a_saved_config_needs_the_keys_that_rebuild_its_models():
         check_saved_config(saved, "ckpt.pt")
     saved = {**OmegaConf.to_container(compose_config([]), resolve=True), "from_a_newer_version": 1}
     check_saved_config(saved, "ckpt.pt")  # keys this version does not know are left alone
+
+
+def test_deterministic_bilinear_upsampling_is_refused_on_cuda_only():
+    """torch raises on the CUDA backward of bilinear upsampling under deterministic algorithms: the
+    run is refused before it starts, not at its first generator update."""
+    import torch
+
+    cfg = compose_config(["model=resnet", "model.upsample=bilinear", "train.deterministic=true"])
+    with pytest.raises(UserError, match="train.deterministic=true cannot train model.upsample=bilinear on CUDA"):
+        check_config(cfg, torch.device("cuda"))
+    check_config(cfg, torch.device("cpu"))
+    check_config(compose_config(["model=resnet", "train.deterministic=true"]), torch.device("cuda"))  # nearest
