@@ -321,6 +321,16 @@ _ABSENT = object()
 
 # --- rules across keys -----------------------------------------------------------------------------
 
+def _power_steps_fit(values: Mapping[str, Any]) -> str | None:
+    """`naive` takes one power step by its definition and `none` takes none: a count would be ignored."""
+    variant = values.get("variant.name")
+    if variant in ("naive", "none") and values.get("variant.n_power_iterations") is not None:
+        return (f"variant.n_power_iterations does not apply to variant={variant} ("
+                + ("one fixed power step is its definition" if variant == "naive" else "no power iteration")
+                + "): drop it")
+    return None
+
+
 def _models_fit(values: Mapping[str, Any]) -> str | None:
     """G and D build at this resolution, layout and width, and G's batch normalization gets >= 2
     images in each of its batches (D's fakes: train.batch_size; G's update: train.g_batch_size)."""
@@ -421,8 +431,8 @@ def _splits_over_ranks(values: Mapping[str, Any]) -> str | None:
     return None
 
 
-RULES: list[Callable[[Mapping[str, Any]], str | None]] = [_models_fit, _dataset_fits, _cuda_graph_fits,
-                                                          _fits_the_device, _splits_over_ranks]
+RULES: list[Callable[[Mapping[str, Any]], str | None]] = [_power_steps_fit, _models_fit, _dataset_fits,
+                                                          _cuda_graph_fits, _fits_the_device, _splits_over_ranks]
 
 
 # --- the checks ------------------------------------------------------------------------------------

@@ -119,3 +119,12 @@ def test_deterministic_bilinear_upsampling_is_refused_on_cuda_only():
         check_config(cfg, torch.device("cuda"))
     check_config(cfg, torch.device("cpu"))
     check_config(compose_config(["model=resnet", "train.deterministic=true"]), torch.device("cuda"))  # nearest
+
+
+@pytest.mark.parametrize("variant,why", [("naive", "one fixed power step is its definition"),
+                                         ("none", "no power iteration")])
+def test_a_power_step_count_for_a_variant_without_one_is_refused(variant, why):
+    cfg = compose_config([f"variant={variant}", "+variant.n_power_iterations=3"])
+    with pytest.raises(UserError, match=f"variant.n_power_iterations does not apply to variant={variant} \\({why}\\)"):
+        check_config(cfg)
+    check_config(compose_config(["variant=reshaped", "variant.n_power_iterations=3"]))
