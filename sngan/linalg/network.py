@@ -305,7 +305,7 @@ def _check_mutation_unread(node: fx.Node, module: nn.Module, order: dict, where:
         written.add(current)
         if _shares_input_storage(current, module):
             frontier.append(current.args[0])
-        frontier.extend(u for u in current.users if u is not node and u.args[0] is current
+        frontier.extend(u for u in current.users if u is not node and u.args and u.args[0] is current
                         and _shares_input_storage(u, module))
     for tensor in written:
         for reader in tensor.users:
