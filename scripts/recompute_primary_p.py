@@ -44,7 +44,7 @@ def read_times(path: Path) -> tuple[dict[str, list[tuple[int, bool]]], dict[str,
     lacking = {}
     for v in PAIR:
         accounted = 0
-        for seed, found in rows[v].items():
+        for found in rows[v].values():
             row = found[0]
             if len(found) > 1 or not (row["status"] in FINISHED or (row["status"] == ABANDONED and row["reason"])):
                 continue
