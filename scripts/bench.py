@@ -25,13 +25,16 @@ import json
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from sngan.run.cli import ArgumentParser, run_main
 from sngan.config import KEYS, check_values, integer, resolve_device
+from sngan.run.checkpoint import atomic_write_text
 from sngan.run.errors import UserError
+from sngan.run.paths import writable_file
 from sngan.training.graphed import GraphedIteration
 from sngan.models import MODELS, build_discriminator, build_generator
 from sngan.diagnostics.monitor import layer_input_sizes
@@ -186,14 +189,15 @@ def main() -> None:
         raise UserError(f"--cuda-graph needs a CUDA device (--device is {device.type}); drop --cuda-graph")
     if args.cuda_graph and (args.amp or args.compile):
         raise UserError("--cuda-graph does not combine with --amp or --compile (as train.cuda_graph); drop one")
+    if args.json:  # checked now, not after minutes of measuring
+        writable_file(args.json, "--json")
     set_determinism(args.deterministic)
     if args.memory_of:
         return memory_child(args, args.memory_of, device)
     result = measure(args, device)
     print_result(result, args.log_every, device)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_text(Path(args.json).expanduser(), json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

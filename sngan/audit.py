@@ -46,8 +46,8 @@ from sngan.diagnostics.forward_calls import Call, Forward, record_forward, store
 from sngan.linalg.bounds import ROUNDING
 from sngan.linalg.calls import call_input_size, layer_of_call, self_padding
 from sngan.run import checkpoint
-from sngan.run.cli import ArgumentParser
-from sngan.run.errors import UserError
+from sngan.run.cli import ArgumentParser, refuse
+from sngan.run.errors import UserError, unreadable
 from sngan.sigma import matrix_sigma, operator_sigma_bounds
 
 FAR_ABOVE = 1.2  # an operator norm this far above the 1 that a normalized layer promises is flagged
@@ -79,6 +79,8 @@ def load_model(target: str, state_dict: str | None,
         raise UserError(f"{path} {TORCHSCRIPT}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except OSError as e:  # permissions, an I/O error: not a damaged file
+        raise unreadable(path, e) from None
     except Exception as e:  # garbage, a truncated file
         raise UserError(f"{path} is not a readable torch file ({type(e).__name__}): save the whole "
                         "module with torch.save(model, path), or give MODULE:NAME") from None
@@ -435,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
                                 "saved module does not record it; add --input-shape C,H,W")
             result = audit(model, shape, a.label)
     except UserError as e:
-        sys.exit(f"error: {e}")
+        refuse(e)
     print(json.dumps(result) if a.json else report_text(result))
 
 

@@ -257,8 +257,8 @@ def _keys() -> dict[str, Spec]:
 
         "metrics.during_training": boolean(),
         "metrics.feature_extractor": text(),
-        "metrics.inception_weights": path(nullable=True),
-        "metrics.cache_root": path(),
+        "metrics.inception_weights": resumable(path(nullable=True)),  # where, not which: a copy of the same weights
+        "metrics.cache_root": resumable(path()),
 
         "ckpt.every": resumable(integer(1)),
         "ckpt.keep": resumable(integer(0)),

@@ -8,7 +8,8 @@ weights; the real data's statistics are cached under `metrics.cache_root`). Samp
 drawn exactly as the trainer draws its evaluation z: with n=log.n_eval and the run's seed (the
 defaults are n=10000 and the run's seed) the numbers are the ones TensorBoard shows for that step.
 Prints one JSON object as its last line and writes it beside the checkpoint, named by its step
-(`checkpoints/step_0001500.metrics.json`), or to `out=PATH`.
+(`checkpoints/step_0001500.metrics.json`), or to `out=PATH` (a .json file: new, or an earlier
+result of this command, never a checkpoint or another record of the run).
 
 `metrics.protocol` (real data) chooses how samples are counted: `default` (the above: n generated
 images against all real images; FID, IS, KID), or the protocol a published number was measured with
@@ -29,7 +30,7 @@ import sys
 from pathlib import Path
 
 from sngan.run import checkpoint
-from sngan.run.cli import parse_args
+from sngan.run.cli import parse_args, refuse
 from sngan.config import KEYS, SEED_MAX, Spec, choice, integer, resolve_device, text
 from sngan.data import build_dataset
 from sngan.run.errors import UserError, describe_os_error
@@ -84,6 +85,7 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int | None = None, device: str 
         cfg.dataset.root = dataset_root
     suffix = "" if protocol == DEFAULT_PROTOCOL else f".{protocol}"
     out_path = writable_file(out or path.parent / f"step_{state['step']:07d}{suffix}.metrics.json", "out")
+    check_out(out_path)
     dataset = build_dataset(cfg.dataset)
     oracle = getattr(dataset, "oracle", None)
     if oracle is not None and protocol != DEFAULT_PROTOCOL:
@@ -126,6 +128,22 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int | None = None, device: str 
     return result
 
 
+def check_out(out: Path) -> None:
+    """`out` is a .json file, new or an earlier result of this command: never a checkpoint or another
+    record of the run, which writing the metrics over would destroy."""
+    if out.suffix.lower() != ".json":
+        raise UserError(f"out={out}: the metrics are written as JSON: name a .json file, e.g. "
+                        f"out={out.with_suffix('.json')}")
+    if out.is_file():
+        try:
+            earlier = json.loads(out.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            earlier = None
+        if not isinstance(earlier, dict) or "checkpoint" not in earlier:
+            raise UserError(f"out={out} already exists and is not an earlier result of sngan.evaluate: "
+                            "choose another out, or move that file away first")
+
+
 def _counted(result: dict, protocol: str) -> str:
     """How the samples were counted, for the closing line."""
     if protocol == DEFAULT_PROTOCOL:
@@ -155,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                           feature_extractor=a["metrics.feature_extractor"], cache_root=a["metrics.cache_root"],
                           out=a["out"], protocol=a["metrics.protocol"])
     except UserError as e:
-        sys.exit(f"error: {e}")
+        refuse(e)
     print(json.dumps(result))
 
 

@@ -14,7 +14,7 @@ import torch
 
 from sngan.run import checkpoint
 from sngan.diagnostics import monitor
-from sngan.run.cli import parse_args
+from sngan.run.cli import parse_args, refuse
 from sngan.config import KEYS, integer, resolve_device, seed, text
 from sngan.run.errors import UserError, describe_os_error
 from sngan.run.paths import writable_file, writable_folder
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         except OSError as e:  # the disk filled up meanwhile
             raise UserError(f"out={out}: cannot write {describe_os_error(e)}; free space or choose another out") from None
     except UserError as e:
-        sys.exit(f"error: {e}")
+        refuse(e)
     print(f"wrote {a['n']} images to {out}")
 
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from sngan.diagnostics.readings import check_health, diagnostics, final_scalars
 from sngan.run.errors import RunDiverged, UserError
 from sngan.run.failures import quiet_write_errors_in_threads
-from sngan.run.info import hparams_of
+from sngan.run.info import after_interrupt, hparams_of
 from sngan.run.records import CommandRecords
 from sngan.run.lock import RunInUse
 from sngan.run.status import write_status
@@ -124,10 +124,10 @@ def main(cfg: DictConfig) -> None:
             sys.exit(3)
         log.error("%s", e)
     except KeyboardInterrupt:  # Ctrl-C: the checkpoints are whole (atomic writes); say how to go on
-        if not in_sweep:
-            print(f"error: interrupted; continue with resume=true hydra.run.dir={run_dir}", file=sys.stderr)
-            sys.exit(130)
-        raise
+        sweep_dir = Path(hydra_cfg.sweep.dir) if in_sweep else None
+        print(f"error: interrupted; {after_interrupt(run_dir, list(hydra_cfg.overrides.task), sweep_dir)}",
+              file=sys.stderr)
+        sys.exit(130)  # a sweep's other jobs too
     except Exception as e:
         if not in_sweep:
             raise
@@ -141,4 +141,10 @@ if __name__ == "__main__":
     # Call main through the importable module, not this __main__ copy: a parallel sweep launcher
     # (hydra/launcher=joblib) sends the task function to its workers by reference.
     from sngan.train import main as importable_main
-    importable_main()
+    try:
+        importable_main()
+    except KeyboardInterrupt:  # in a parallel sweep's launcher, waiting for its workers
+        print("error: interrupted; relaunch the sweep with the same arguments, resume=auto and its "
+              "hydra.sweep.dir: finished runs are skipped, the others continue from their last checkpoint",
+              file=sys.stderr)
+        sys.exit(130)

@@ -125,6 +125,8 @@ CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
      "checkpoints/last.pt) or a checkpoint file; run without resume to start fresh"),
     ("train", ["resume={run}", "model.d_ch=16", "hydra.run.dir={root}/fork_drift"],
      "these settings differ from the saved run: model.d_ch"),  # a complete run: refused all the same
+    ("train", ["resume={run}", "hydra.run.dir={root}/fork_complete"],
+     "checkpoints/last.pt is already at step 2 of train.steps=2: pass a larger train.steps to continue it in"),
     ("train", ["train.cuda_graph=true", "device=cpu", "hydra.run.dir={root}/new6"],
      "train.cuda_graph=true needs a CUDA device (this run's is cpu); use train.cuda_graph=false"),
     ("train", ["resume=true", "train.cuda_graph=true", "device=cpu"], "train.cuda_graph=true needs a CUDA device"),
@@ -148,6 +150,8 @@ CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
     ("train", ["hydra.run.dir={root}/a_file/run"], "a_file"),
     ("train", ["hydra.run.dir={root}/a_file"], "a_file"),
     ("train", ["hydra.run.dir=/proc/sngan_run"], "/proc/sngan_run"),
+    ("train", ["hydra.run.dir="], "hydra.run.dir is empty"),
+    ("train", ['hydra.run.dir="~/sngan_tilde_run"'], "e.g. hydra.run.dir=$HOME/sngan_tilde_run"),
     ("train", ["hydra.run.dir={root}/log_is_a_folder"], "train.log"),
     # sngan.sample
     ("sample", [], "missing ckpt"),
@@ -156,8 +160,8 @@ CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
     ("sample", ["ckpt={root}"], "run folder(s) below it: pass one, e.g. ckpt={root}/"),
     ("sample", ["ckpt={images}"], "no checkpoint in {images} (expected checkpoints/last.pt); ckpt= takes"),
     ("sample", ["ckpt={damaged}/garbage.pt"], "garbage.pt is not a readable checkpoint"),
-    ("sample", ["ckpt={damaged}/garbage.pt"], "no readable snapshot is beside it in {damaged}: the run must start "
-     "again, e.g. python -m sngan.train [the run's settings] hydra.run.dir=NEW_FOLDER"),
+    ("sample", ["ckpt={damaged}/garbage.pt"], "no readable snapshot is beside it in {damaged}: pass a run folder, "
+     "or a checkpoint that sngan.train wrote (in a run's checkpoints/)"),
     ("sample", ["ckpt={ruined_run}"], "the run must start again, e.g. python -m sngan.train "),
     ("sample", ["ckpt={ruined_run}"], "hydra.run.dir={ruined_run}-again"),
     ("sample", ["ckpt={damaged}/empty.pt"], "empty.pt"),
@@ -188,6 +192,9 @@ CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
     ("evaluate", ["ckpt={run}", "n=500", "metrics.protocol=sngan"], "n does not apply"),
     ("evaluate", ["ckpt={run}", "out=/proc/sngan.json"], "/proc/sngan.json"),
     ("evaluate", ["ckpt={run}", "out={root}/a_file/m.json"], "a_file"),
+    ("evaluate", ["ckpt={run}", "out={run}/checkpoints/last.pt"], "the metrics are written as JSON"),
+    ("evaluate", ["ckpt={run}", "out={run}/train.log"], "name a .json file"),
+    ("evaluate", ["ckpt={run}", "out={run}/status.json"], "is not an earlier result of sngan.evaluate"),
     # sngan.audit
     ("audit", ["{damaged}/without_g.pt"], "lacks G"),
     ("audit", ["{damaged}/other_model.pt"], "G weights do not fit"),
@@ -227,6 +234,15 @@ def test_hydras_own_refusals_name_the_key_and_touch_nothing(place, capsys, args,
     assert snapshot(place["run"]) == before
 
 
+def test_resume_without_a_run_folder_is_refused_before_hydra_makes_one(tmp_path, monkeypatch, capsys):
+    """resume=true with no hydra.run.dir: the default folder is a new dated one, which cannot hold the run."""
+    monkeypatch.chdir(tmp_path)
+    code, printed, _ = call("train", TINY + ["train.steps=2", "resume=true"], capsys)
+    assert code == 2 and "Traceback" not in printed and printed.strip().count("\n") == 0
+    assert "and none was given" in printed and "add hydra.run.dir=RUN_FOLDER" in printed
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_second_trainer_is_refused_at_once_naming_the_first(place, capsys):
     """The run lock, as a second trainer sees it while this process holds the folder."""
     import os
@@ -244,6 +260,7 @@ def test_a_second_trainer_is_refused_at_once_naming_the_first(place, capsys):
 @pytest.mark.parametrize("script,args,named", [
     ("sigma_table.py", ["--resolution", "17"], "--resolution"),
     ("bench.py", ["--batch", "0"], "--batch"),
+    ("bench.py", ["--steps", "1", "--repeats", "1", "--json", "{root}/a_file/bench.json"], "--json"),
     ("reproduce.py", ["stl10_resnet", "--root", "{root}/stl", "--device", "tpu"], "--device"),
     ("compare_variants.py", ["--seeds", "one", "--out", "{root}/report"], "--seeds"),
     ("compare_variants.py", ["--collect", "/nonexistent/sweep", "--out", "{root}/report"], "/nonexistent/sweep"),

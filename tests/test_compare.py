@@ -169,6 +169,10 @@ def test_a_study_continued_in_a_new_sweep_folder_keeps_its_earlier_runs(sweep, t
                    status={"status": "ok", "step": 500})
     _fabricate_run(later / "seed=8,variant=reshaped", "reshaped", 8, [0.1, 0.2, 0.3, 0.3, 0.3], 6,
                    status={"status": "ok", "step": 500})
+    csv_before = (out / "runs.csv").read_bytes()
+    code, err, _ = call("compare_variants.py", ["--collect", str(later), "--out", str(out)], capsys)  # no --add-csv
+    assert code == 2 and err.count("\n") == 1 and f"--out {out} holds 9 run(s) that no --collect folder holds" in err
+    assert f"add --add-csv {out} to keep them" in err and (out / "runs.csv").read_bytes() == csv_before
     _report(capsys, "--collect", later, "--add-csv", out, "--out", out)
     with open(out / "runs.csv") as f:
         rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(f)}
@@ -212,6 +216,10 @@ def test_runs_csv_reads_back_what_was_written(tmp_path):
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    for name, header in (("foreign", "name,score\nx,1\n"), ("empty", "")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "runs.csv").write_text(header)
+        (tmp_path / name / "curves.csv").write_text(header)
     sweep_folder = "give the sweep's folder (hydra.sweep.dir), which holds the run folders"
     for args, message in ((["--out", tmp_path / "r", "--collect", tmp_path / "missing"],
                            f"no such folder; {sweep_folder}"),
@@ -219,7 +227,10 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
                           (["--out", tmp_path / "r", "--collect", tmp_path], f"; {sweep_folder}"),
                           (["--out", tmp_path / "r", "--add-csv", tmp_path], "add --collect SWEEP, or drop --add-csv"),
                           (["--out", tmp_path / "r", "--collect", tmp_path, "--add-csv", tmp_path / "r"],
-                           "no runs.csv and curves.csv there; give the --out folder of an earlier report")):
+                           "no runs.csv and curves.csv there; give the --out folder of an earlier report"),
+                          (["--out", tmp_path / "foreign"], "foreign/runs.csv is not a runs.csv of "
+                           "scripts/compare_variants.py (it lacks the columns variant, seed, steps, best_clean_rate, ...)"),
+                          (["--out", tmp_path / "empty"], "it lacks the columns variant")):
         code, err, _ = call("compare_variants.py", list(map(str, args)), capsys)
         assert code == 2 and message in err.splitlines()[-1] and "Traceback" not in err
 

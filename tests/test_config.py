@@ -52,6 +52,18 @@ def test_the_celeba_crop_of_celeba64_is_celebas_own():
         assert "crop" not in cfg.dataset and cfg.dataset.resolution == 64
 
 
+@pytest.mark.parametrize("experiment", ["cifar10_resnet", "stl10_resnet", "celeba64"])
+def test_an_optim_setting_on_the_command_line_replaces_a_presets_recipe(experiment):
+    """The ResNet presets choose optim=authors_resnet; optim=A replaces it whole (its lr_decay too)."""
+    own = compose_config([f"experiment={experiment}"])
+    assert (own.optim.lr, own.optim.beta1, own.optim.beta2, own.optim.lr_decay, own.train.n_dis) == \
+        (2e-4, 0.0, 0.9, "linear", 5)
+    chosen = compose_config([f"experiment={experiment}", "optim=A"])
+    assert (chosen.optim.lr, chosen.optim.beta1, chosen.optim.beta2, chosen.optim.lr_decay, chosen.train.n_dis) == \
+        (1e-4, 0.5, 0.9, "none", 5)
+    assert compose_config([f"experiment={experiment}", "optim=C"]).train.n_dis == 1
+
+
 def test_a_key_without_a_row_is_refused():
     cfg = compose_config(["+model.width=64"])
     with pytest.raises(UserError, match=r"^model.width is not a setting of sngan"):

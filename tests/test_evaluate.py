@@ -229,12 +229,13 @@ def test_evaluate_with_a_protocol_matches_direct_torch_fidelity_calls(tmp_path, 
     (["ckpt=x", "metrics.protocol=paper"], "metrics.protocol must be one of default, sngan, mimicry, got 'paper'"),
     (["ckpt=x", "n=500", "metrics.protocol=sngan"], "n does not apply with metrics.protocol=sngan"),
 ])
-def test_bad_protocol_arguments(args, message):
+def test_bad_protocol_arguments(args, message, capsys):
     from sngan.evaluate import main
 
     with pytest.raises(SystemExit) as info:
         main(args)
-    assert str(info.value).startswith("error: ") and message in str(info.value)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
 def _folder_run(tmp_path, n_images=12):

@@ -118,6 +118,33 @@ def test_a_read_only_file_system_mid_run_and_at_the_start(tmp_path, monkeypatch,
     assert snapshot(run) == before
 
 
+class _FillsAfter:
+    """A file that takes `room` bytes, then fails as a full disk does: inside torch.save's zip
+    writer, which hides the OSError behind a RuntimeError ("unexpected pos ...")."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room, self.written = f, room, 0
+
+    def write(self, data) -> int:
+        if self.written + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def test_a_disk_that_fills_inside_torch_save_is_the_write_error_naming_the_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the previous checkpoint")
+    with pytest.raises(OSError) as caught:
+        checkpoint.atomic_write(path, lambda f: torch.save({"w": torch.zeros(100_000)}, _FillsAfter(f, 50_000)))
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert path.read_bytes() == b"the previous checkpoint"
+    _no_temporary_files(tmp_path)
+
+
 def _mount_tmpfs(where, size: str) -> bool:
     where.mkdir()
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],

@@ -42,6 +42,82 @@ def test_a_run_introduces_itself_and_its_commands_work(tmp_path):
     assert (tmp_path / "samples.png").is_file() and (run / "checkpoints" / "step_0000004.metrics.json").is_file()
 
 
+def _interrupt_at(monkeypatch, at_step: int) -> None:
+    """Ctrl-C (a KeyboardInterrupt) at the first health check of step `at_step`."""
+    import sngan.train
+
+    real = sngan.train.check_finite
+
+    def check_finite(finite, step, *args):
+        if step == at_step:
+            raise KeyboardInterrupt
+        return real(finite, step, *args)
+    monkeypatch.setattr(sngan.train, "check_finite", check_finite)
+
+
+def test_ctrl_c_says_how_to_go_on_and_that_command_finishes_the_run(tmp_path, monkeypatch, capsys):
+    from helpers import call, last_checkpoint
+
+    every = ["log.every=1", "log.sample_every=100", "log.eval_every=100", "ckpt.every=2"]
+    fresh = tmp_path / "fresh"  # before the first checkpoint: nothing to continue from
+    _interrupt_at(monkeypatch, 1)
+    code, printed, _ = train_tiny(fresh, every + ["train.steps=4"], via="main", capsys=capsys)
+    assert code == 130 and printed.strip() == ("error: interrupted; no checkpoint was written yet, nothing is kept: "
+                                               "run the same command again to start over")
+
+    run = tmp_path / "run"  # a finished run lengthened, stopped before its first new checkpoint
+    monkeypatch.undo()
+    assert train_tiny(run, every + ["train.steps=4"], via="main")[0] == 0
+    _interrupt_at(monkeypatch, 5)
+    code, printed, _ = train_tiny(run, ["resume=true", "train.steps=8"], base=[], via="main", capsys=capsys)
+    assert code == 130 and printed.count("\n") == 1 and "train.steps=8" in printed, printed
+    monkeypatch.undo()
+    command = shlex.split(printed.split("continue with ", 1)[1])
+    assert command[:4] == ["python", "-m", "sngan.train", "resume=true"]
+    assert call("train", command[3:], capsys)[0] == 0
+    assert last_checkpoint(run)["step"] == 8
+
+
+def test_a_run_whose_lr_decays_to_its_last_step_is_not_offered_a_longer_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, _ = train_tiny(run, ["train.steps=2", "optim.lr_decay=linear"], via="main")
+    log = (run / "train.log").read_text()
+    assert code == 0 and "resume=true" in log and "to lengthen" not in log
+    assert "Lipschitz bound " in log and "certified bound " in log  # the CNN: its layer product is a bound
+    code, printed, _ = train_tiny(run, ["resume=true", "train.steps=4"], base=[], via="main", capsys=capsys)
+    assert code == 2 and printed.count("\n") == 1
+    assert "with another train.steps: its learning rate decays linearly to 0 at train.steps=2, so the run cannot " \
+           "be lengthened: drop train.steps, or start a new run" in printed
+
+
+def test_a_resume_may_point_to_the_weights_and_statistics_elsewhere(tmp_path):
+    """An offline node: the same Inception weights and real-data statistics, at other paths."""
+    run = tmp_path / "run"
+    assert train_tiny(run, ["train.steps=2"], via="main")[0] == 0
+    moved = [f"metrics.cache_root={tmp_path / 'cache'}", f"metrics.inception_weights={tmp_path / 'w.pth'}"]
+    assert train_tiny(run, ["resume=true", "train.steps=3", *moved], base=[], via="main")[0] == 0
+
+
+def test_the_resnets_layer_product_is_not_called_a_bound(tmp_path):
+    run = tmp_path / "run"
+    assert train_tiny(run, ["model=resnet", "train.steps=1"], via="main")[0] == 0
+    done = next(line for line in (run / "train.log").read_text().splitlines() if "done at step 1" in line)
+    assert "product of layer norms (no bound here) " in done and "certified bound " in done
+    assert "Lipschitz bound" not in done
+
+
+def test_ctrl_c_in_a_sweep_is_one_line_naming_the_sweep_to_relaunch(tmp_path, monkeypatch, capsys):
+    from helpers import TINY, call
+
+    _interrupt_at(monkeypatch, 1)
+    sweep = tmp_path / "sweep"
+    code, printed, _ = call("train", ["-m", *TINY, "train.steps=2", "log.every=1", "seed=0,1",
+                                      f"hydra.sweep.dir={sweep}"], capsys)
+    assert code == 130 and "Traceback" not in printed and printed.count("\n") == 1, printed
+    assert printed.startswith("error: interrupted; relaunch the sweep with the same arguments and resume=auto "
+                              f"hydra.sweep.dir={sweep}: finished runs are skipped")
+
+
 @pytest.mark.parametrize("script", ["compare_variants.py", "sigma_table.py", "bench.py", "seed_study.sh"])
 def test_every_script_has_a_help(script):
     proc = run_script(script, ["--help"], timeout=120)

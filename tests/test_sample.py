@@ -34,11 +34,41 @@ def test_an_out_that_would_mix_or_misname_samples_is_refused(run_dir, tmp_path, 
     assert call("sample", [f"ckpt={run_dir}", "n=3", f"out={folder}"], capsys)[0] == 0
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     code, err, _ = call("sample", [f"ckpt={run_dir}", "n=2", "seed=1", f"out={folder}"], capsys)
-    assert code == 1 and f"out={folder} already holds sample images (000000.png, ...) of an earlier call" in err
+    assert code == 2 and f"out={folder} already holds sample images (000000.png, ...) of an earlier call" in err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     code, err, _ = call("sample", [f"ckpt={run_dir}", f"out={tmp_path / 'grid.jpg'}"], capsys)
-    assert code == 1 and f"a grid is written as PNG: pass out={tmp_path / 'grid.png'}" in err
+    assert code == 2 and f"a grid is written as PNG: pass out={tmp_path / 'grid.png'}" in err
     assert not (tmp_path / "grid.jpg").exists()
+
+
+@pytest.mark.parametrize("entry", ["sample", "audit"])
+def test_a_checkpoint_this_user_may_not_read_is_not_called_damaged(run_dir, capsys, monkeypatch, entry):
+    """Permissions (simulated: these machines run as root) are not damage: no 'the run must start again'."""
+    def load(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(torch, "load", load)
+    code, err, _ = call(entry, [f"ckpt={run_dir}" if entry == "sample" else str(run_dir)], capsys)
+    assert code != 0 and "Traceback" not in err and err.strip().count("\n") == 0
+    assert f"{run_dir / 'checkpoints' / 'last.pt'} cannot be read (Permission denied): fix its permissions" in err
+    assert "must start again" not in err
+
+
+def test_a_disk_that_fills_while_writing_a_grid_keeps_the_earlier_one(run_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import torchvision.utils
+
+    out = tmp_path / "samples.png"
+    assert call("sample", [f"ckpt={run_dir}", "n=4", f"out={out}"], capsys)[0] == 0
+    before = out.read_bytes()
+
+    def save_image(grid, f, format=None):  # part of the file, then the disk is full
+        f.write(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torchvision.utils, "save_image", save_image)
+    code, err, _ = call("sample", [f"ckpt={run_dir}", "n=4", "seed=1", f"out={out}"], capsys)
+    assert code != 0 and "Traceback" not in err and f"{out} (No space left on device)" in err
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["samples.png"]
 
 
 def test_uses_the_ema_generator(run_dir):

@@ -20,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from sngan.linalg.network import NoCertifiedBound, eval_mode, input_shape_from_layers, network_upper_bound
+from sngan.run.checkpoint import atomic_write
 from sngan.sigma import effective_weight, matrix_sigma, operator_sigma_interval
 from sngan.spectral import normalized_layers, reshape_dim
 
@@ -121,7 +122,8 @@ def generate(G: nn.Module, z: Tensor, batch: int = 256) -> Tensor:
 def save_grid(images: Tensor, path: Path, label: str | None = None, min_size: int = 64) -> Tensor:
     """A square-ish grid of images in [-1, 1], each enlarged with nearest-neighbour pixels to at
     least `min_size` px (16 px samples are unreadable at their own size), with an optional label
-    strip on top; written as a PNG. Returns the grid as a (3, H, W) tensor in [0, 1]."""
+    strip on top; written as a PNG, atomically (a full disk leaves the earlier grid, not an empty
+    file). Returns the grid as a (3, H, W) tensor in [0, 1]."""
     from torchvision.utils import make_grid, save_image  # here: importing torchvision takes seconds
 
     scale = max(1, math.ceil(min_size / images.shape[-1]))
@@ -131,7 +133,7 @@ def save_grid(images: Tensor, path: Path, label: str | None = None, min_size: in
                      padding=2 * scale)
     if label:
         grid = _with_label(grid, label)
-    save_image(grid, path)
+    atomic_write(path, lambda f: save_image(grid, f, format="PNG"))
     return grid
 
 

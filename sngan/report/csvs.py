@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 
 from sngan.run.checkpoint import atomic_write_text
+from sngan.run.errors import UserError
 
 RUN_COLUMNS = ["variant", "seed", "steps", "best_clean_rate", "best_step", "final_clean_rate",
                "final_modes_covered", "final_kl_uniform", "max_sigma_matrix", "max_lipschitz_bound",
@@ -49,16 +50,28 @@ def _parse(value: str):
     return value
 
 
-def read_csv(path: Path) -> list[dict]:
+def read_csv(path: Path, columns: list[str] | None = None) -> list[dict]:
+    """The rows of `path`; with `columns`, a file that lacks any of them (another program's CSV, an
+    empty file) is refused in one line."""
     with open(path, newline="") as f:
-        return [{k: (v if k in TEXT_COLUMNS else _parse(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        missing = [c for c in columns or [] if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{path} is not a {Path(path).name} of scripts/compare_variants.py (it lacks the "
+                            f"column{'s' if len(missing) > 1 else ''} {', '.join(missing[:4])}"
+                            f"{', ...' if len(missing) > 4 else ''}): give the --out folder of an earlier report")
+        return [{k: (v if k in TEXT_COLUMNS else _parse(v)) for k, v in row.items()} for row in reader]
+
+
+def run_key(row: dict) -> tuple:
+    """What makes two rows the same run: variant, seed, optimizer setting and length."""
+    return row["variant"], row["seed"], row["optim"], row["steps"]
 
 
 def merge(rows: list[dict], curves: list[dict], old_rows: list[dict], old_curves: list[dict]):
     """`rows`/`curves` plus the earlier runs no collected folder holds (same variant, seed, optim
     and steps: the collected run wins, it is the newer record of the same run)."""
-    key = lambda r: (r["variant"], r["seed"], r["optim"], r["steps"])
-    have = {key(r) for r in rows}
-    kept = [r for r in old_rows if key(r) not in have]
+    have = {run_key(r) for r in rows}
+    kept = [r for r in old_rows if run_key(r) not in have]
     wanted = {(r["variant"], r["seed"], r["optim"]) for r in kept}
     return rows + kept, curves + [c for c in old_curves if (c["variant"], c["seed"], c["optim"]) in wanted]

@@ -20,7 +20,7 @@ import torch
 
 from sngan.config import check_saved_config, upgrade
 from sngan.run.info import restart_command
-from sngan.run.errors import UserError
+from sngan.run.errors import UserError, unreadable
 
 FORMAT = "sngan-checkpoint-v1"
 LAST = "last.pt"
@@ -50,6 +50,17 @@ def _umask() -> int:
     return mask
 
 
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind `error`: itself, or the one torch's zip writer hides behind a RuntimeError
+    ("unexpected pos ...") when a write into it fails, e.g. on a full disk."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def atomic_write(path: Path, write) -> None:
     """`write(f)` into a temporary file in `path`'s folder (binary), fsynced, then os.replace over
     `path`, and the rename itself made durable: a kill at any instant leaves the old file or the new."""
@@ -65,8 +76,9 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and not e.filename:  # a write into the open file names no path
-            raise OSError(e.errno, e.strerror, str(path)) from e
+        cause = _os_error(e)
+        if cause is not None and (cause is not e or not e.filename):  # a write into the open file names no path
+            raise OSError(cause.errno, cause.strerror, str(path)) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -119,9 +131,11 @@ def other_snapshot(path: Path, need: tuple[str, ...] = MODEL_KEYS) -> str:
     for other in [*reversed(snapshots(path.parent)), path.parent / LAST]:
         if other != path and other.is_file() and _usable(other, need):
             return f"pass another snapshot of the run instead, e.g. {other}"
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    if path.parent.name != "checkpoints":  # not a run's file: nothing says a run was lost
+        return (f"no readable snapshot is beside it in {path.parent}: pass a run folder, or a checkpoint that "
+                "sngan.train wrote (in a run's checkpoints/)")
     return (f"no readable snapshot is beside it in {path.parent}: the run must start again, e.g. "
-            f"{restart_command(run_dir)}")
+            f"{restart_command(path.parent.parent)}")
 
 
 def _usable(path: Path, need: tuple[str, ...]) -> bool:
@@ -142,6 +156,8 @@ def load(path: Path, map_location="cpu", need: tuple[str, ...] = MODEL_KEYS) -> 
         raise UserError(f"no checkpoint at {path}; give a run folder, or a .pt file in its checkpoints/")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
+    except OSError as e:  # permissions, an I/O error: not a damaged file
+        raise unreadable(path, e) from None
     except Exception as e:  # truncated zip, not a torch file, ...
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise UserError(f"{path} is not a readable checkpoint ({reason}); {other_snapshot(path, need)}") from None

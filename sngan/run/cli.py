@@ -49,6 +49,12 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def refuse(error: UserError) -> None:
+    """A user's mistake: its one line on stderr, exit code 2 (as the trainer and the scripts)."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run_main(main) -> None:
     """Call a script's `main()`, turning a UserError, or a full or read-only disk, into one line on
     stderr and exit code 2."""

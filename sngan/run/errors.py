@@ -37,3 +37,9 @@ def describe_os_error(error: OSError) -> str:
     """`PATH (reason)` on one line."""
     reason = error.strerror or str(error) or type(error).__name__
     return f"{error.filename} ({reason})" if error.filename else reason
+
+
+def unreadable(path, error: OSError) -> UserError:
+    """A file that exists but cannot be opened (permissions, an I/O error): the file may be fine."""
+    return UserError(f"{path} cannot be read ({error.strerror or type(error).__name__}): fix its permissions "
+                     "(or copy it somewhere readable) and run the command again")

@@ -42,20 +42,33 @@ def _hydra_arg(key: str, path: Path) -> str:
     return shlex.quote(f"{key}={value}")
 
 
-def commands(run_dir: Path) -> dict[str, str]:
+def commands(run_dir: Path, lengthens: bool = True) -> dict[str, str]:
+    """The commands that go on with the run (`lengthens`: its train.steps may grow on resume)."""
     ckpt = shlex.quote(f"ckpt={_shown(run_dir)}")  # sample/evaluate split at the first '=' only
     return {"tensorboard": f"tensorboard --logdir {shlex.quote(_shown(run_dir))}",
             "resume": f"python -m sngan.train resume=true {_hydra_arg('hydra.run.dir', run_dir)}"
-                      "   # [train.steps=N to lengthen]",
+                      + ("   # [train.steps=N to lengthen]" if lengthens else ""),
             "sample": f"python -m sngan.sample {ckpt} n=64 out=samples.png",
             "evaluate": f"python -m sngan.evaluate {ckpt}"}
 
 
-def restart_command(run_dir: Path | None) -> str:
+def after_interrupt(run_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> str:
+    """How to go on after Ctrl-C (the checkpoints are whole: atomic writes)."""
+    if sweep_dir is not None:
+        return (f"relaunch the sweep with the same arguments and resume=auto "
+                f"{_hydra_arg('hydra.sweep.dir', sweep_dir)}: finished runs are skipped, the others continue "
+                "from their last checkpoint")
+    from sngan.run.checkpoint import holds_run  # here: checkpoint imports this module
+
+    if not holds_run(run_dir):
+        return "no checkpoint was written yet, nothing is kept: run the same command again to start over"
+    again = [shlex.quote(o) for o in overrides if not o.startswith(("resume=", "hydra."))]  # train.steps=N too
+    return f"continue with python -m sngan.train resume=true {' '.join([_hydra_arg('hydra.run.dir', run_dir), *again])}"
+
+
+def restart_command(run_dir: Path) -> str:
     """The command that trains a run again from scratch, in a new folder beside it: its own
     overrides (.hydra/overrides.yaml) when the folder still has them."""
-    if run_dir is None:
-        return "python -m sngan.train [the run's settings] hydra.run.dir=NEW_FOLDER"
     overrides, settings = [], "[the run's settings]"
     try:
         saved = OmegaConf.to_container(OmegaConf.load(Path(run_dir) / ".hydra" / "overrides.yaml"))
@@ -99,17 +112,21 @@ def header(cfg: DictConfig, run_dir: Path, G, D, device: torch.device, start: in
              + "".join(f", train.{name}" for name in SWITCHES if t[name]),
              f"  in the run folder: TensorBoard logs every {cfg.log.every} steps, checkpoints/ every "
              f"{cfg.ckpt.every}, samples/ every {cfg.log.sample_every}, train.log"]
-    lines += [f"  {name + ':':13s}{command}" for name, command in commands(run_dir).items()]
+    lines += [f"  {name + ':':13s}{command}" for name, command in commands(run_dir, o.lr_decay != "linear").items()]
     return lines
 
 
-def footer(step: int, final: dict[str, float], health_summary: str, run_dir: Path) -> list[str]:
+def footer(step: int, final: dict[str, float], health_summary: str, run_dir: Path, lengthens: bool = True,
+           chain: bool = True) -> list[str]:
+    """`chain`: D is a plain chain of layers (the CNN), whose product of layer norms bounds its
+    Lipschitz constant; otherwise (the ResNet) the product is only a summary and is named so."""
     shown = {"metrics/clean_rate": "clean_rate", "metrics/modes_covered": "modes covered", "metrics/fid": "FID",
-             "metrics/isc": "IS", "metrics/kid": "KID", "sigma/lipschitz_bound": "Lipschitz bound",
-             "loss/d": "loss/d", "loss/g": "loss/g"}
+             "metrics/isc": "IS", "metrics/kid": "KID",
+             "sigma/lipschitz_bound": "Lipschitz bound" if chain else "product of layer norms (no bound here)",
+             "sigma/lipschitz_bound_upper": "certified bound", "loss/d": "loss/d", "loss/g": "loss/g"}
     numbers = ", ".join(f"{label} {final[tag]:.4g}" for tag, label in shown.items() if tag in final)
     lines = [f"done at step {step}: {numbers}", health_summary]
-    lines += [f"  {name + ':':13s}{command}" for name, command in commands(run_dir).items()]
+    lines += [f"  {name + ':':13s}{command}" for name, command in commands(run_dir, lengthens).items()]
     return lines
 
 

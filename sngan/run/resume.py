@@ -101,6 +101,10 @@ def resume_config(saved: dict, current: DictConfig, overrides: list[str] | None,
     current_dict = OmegaConf.to_container(current, resolve=True)
     differing = config_differences(saved, current_dict, added)
     refused = differing if overrides is None else [k for k in differing if _overridden(k, overrides)]
+    if "train.steps" in refused and flatten(saved).get("optim.lr_decay") == "linear":
+        raise UserError(f"cannot resume {source} with another train.steps: its learning rate decays linearly to 0 "
+                        f"at train.steps={saved['train']['steps']}, so the run cannot be lengthened: drop "
+                        "train.steps, or start a new run with the longer train.steps")
     if refused:
         raise UserError(f"cannot resume {source}: these settings differ from the saved run: {', '.join(refused)} "
                         f"(a resume takes the saved run's config; only {resumable_summary()} may "

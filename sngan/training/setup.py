@@ -25,7 +25,7 @@ from sngan.diagnostics.metrics import RealDataMetrics, check_feature_extractor
 from sngan.diagnostics.monitor import Monitor, layer_input_sizes
 from sngan.models import build_models
 from sngan.run import checkpoint, info as runinfo
-from sngan.run.errors import is_write_error
+from sngan.run.errors import UserError, is_write_error
 from sngan.run.failures import write_failure
 from sngan.run.lock import run_lock
 from sngan.run.paths import writable_folder
@@ -105,7 +105,8 @@ class Run:
         """Rank 0: the footer (final numbers, health verdict, the commands that go on) and status.json."""
         if not self.ctx.is_main:
             return
-        for line in runinfo.footer(step, final, self.health.summary(), self.run_dir):
+        for line in runinfo.footer(step, final, self.health.summary(), self.run_dir,
+                                   lengthens=self.cfg.optim.lr_decay != "linear", chain=self.cfg.model.name == "cnn"):
             log.info(line)
         write_status(self.run_dir, "ok", step=step, first_warning_step=self.health.first_violation)
 
@@ -141,6 +142,9 @@ def build_run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, devic
     saved, cfg = load_resume_state(cfg, run_dir, overrides, ctx.is_main)
     check_device_settings(cfg, device, ctx)
     if saved is not None and saved["step"] >= cfg.train.steps:
+        if Path(saved["resumed_from"]).resolve().parent != (run_dir / "checkpoints").resolve():  # a fork
+            raise UserError(f"{saved['resumed_from']} is already at step {saved['step']} of train.steps="
+                            f"{cfg.train.steps}: pass a larger train.steps to continue it in {run_dir}")
         log.info("%s is complete (step %d of train.steps=%d): nothing to do", run_dir, saved["step"],
                  cfg.train.steps)
         return None
