@@ -33,7 +33,6 @@ def check_folder_text(value: str, key: str) -> None:
 
 def check_run_folder(run_dir: Path, log_name: str) -> None:
     """The run folder can be created and written, and its log file is not a folder."""
-    check_folder_text(str(run_dir), "hydra.run.dir")
     writable_folder(run_dir, "hydra.run.dir")
     log_file = Path(run_dir) / log_name
     if log_file.is_dir():
