@@ -47,7 +47,7 @@ from sngan.linalg.bounds import ROUNDING
 from sngan.linalg.calls import call_input_size, layer_of_call, self_padding
 from sngan.run import checkpoint
 from sngan.run.cli import ArgumentParser, refuse
-from sngan.run.errors import UserError, unreadable
+from sngan.run.errors import UserError, is_out_of_memory, out_of_memory, unreadable
 from sngan.sigma import matrix_sigma, operator_sigma_bounds
 
 FAR_ABOVE = 1.2  # an operator norm this far above the 1 that a normalized layer promises is flagged
@@ -311,6 +311,9 @@ def row_warnings(row: dict) -> list[str]:
     if row["behaviour"] == labels.OTHER and row["operator_lower"] > FAR_ABOVE:
         return [f"{row['layer']}: divided during the forward ({row['measured']}), yet its operator norm on "
                 f"{size} inputs is at least {row['operator_lower']:.2f}"]
+    if row["normalization"] == labels.NAIVE_RECIPE and row["operator_lower"] > FAR_ABOVE:
+        return [f"{row['layer']}: normalized in place by the naive recipe, yet its operator norm on {size} inputs "
+                f"is at least {row['operator_lower']:.2f}"]
     if row["normalization"].startswith(NORMALIZATIONS) and row["behaviour"] in (labels.NONE, labels.UNKNOWN):
         return [f"{row['layer']}: carries {row['normalization']}, yet its forward used a weight that is "
                 f"{row['measured']}"]
@@ -435,7 +438,13 @@ def main(argv: list[str] | None = None) -> None:
             if shape is None:
                 raise UserError("--input-shape is needed (one sample's shape, e.g. 3,32,32): a module class or a whole "
                                 "saved module does not record it; add --input-shape C,H,W")
-            result = audit(model, shape, a.label)
+            try:
+                result = audit(model, shape, a.label)
+            except (MemoryError, RuntimeError) as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise out_of_memory(e, f"inputs of shape {','.join(map(str, shape))}", "give the shape one sample "
+                                    "has in training (--input-shape C,H,W)") from None
     except UserError as e:
         refuse(e)
     print(json.dumps(result) if a.json else report_text(result))

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from sngan.diagnostics.readings import check_health, diagnostics, final_scalars
-from sngan.run.errors import RunDiverged, UserError
+from sngan.run.errors import RunDiverged, UserError, is_out_of_memory, out_of_memory
 from sngan.run.failures import quiet_write_errors_in_threads
 from sngan.run.info import after_interrupt, hparams_of
 from sngan.run.records import CommandRecords
@@ -113,6 +113,8 @@ def main(cfg: DictConfig) -> None:
         train(cfg, run_dir, list(hydra_cfg.overrides.task), on_ready=records.ready if writes else None)
     except UserError as e:
         if not in_sweep:
+            if not isinstance(e, RunInUse):  # the folder and its log are another trainer's
+                records.refused(f"{hydra_cfg.job.name}.log")
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         records.failed(str(e), folder_is_ours=not isinstance(e, RunInUse))
@@ -129,6 +131,12 @@ def main(cfg: DictConfig) -> None:
               file=sys.stderr)
         sys.exit(130)  # a sweep's other jobs too
     except Exception as e:
+        if not in_sweep and is_out_of_memory(e):  # e.g. log.n_eval=10**12, or a batch too large for the GPU
+            records.refused(f"{hydra_cfg.job.name}.log")
+            what, fix = "the run's tensors", ("use a smaller train.batch_size, model.g_ch / model.d_ch or log.n_eval; "
+                                              "its checkpoints are whole")
+            print(f"error: {out_of_memory(e, what, fix)}", file=sys.stderr)
+            sys.exit(2)
         if not in_sweep:
             raise
         records.failed(f"{type(e).__name__}: {e}", exc_info=True)

@@ -170,6 +170,34 @@ def test_audit_of_a_whole_saved_module_and_of_an_sngan_run(third_party, tmp_path
     assert {r["normalization"] for r in result["layers"]} == {"sngan operator", "sngan reshaped"}  # fc: reshaped
 
 
+def test_the_naive_recipe_is_flagged_where_a_dense_svd_puts_a_layer_far_above_1():
+    """The naive recipe divides in place, in training mode: the audit sees a plain weight, and warns
+    on the layers whose operator norm (here from each layer's dense matrix) its division left above 1.2."""
+    from sngan.audit import FAR_ABOVE, audit
+    from sngan.models import build_discriminator
+    from sngan.spectral import apply_spectral_norm
+
+    torch.manual_seed(0)
+    D = build_discriminator("cnn", resolution=16, d_ch=8)
+    apply_spectral_norm(D, "naive")
+    for _ in range(3):  # training-mode forwards: the recipe's divisions
+        D(torch.randn(4, 3, 16, 16))
+    result = audit(D.eval(), (3, 16, 16))
+    modules = dict(D.named_modules())
+    far = set()
+    for row in result["layers"]:
+        layer = modules[row["layer"]]
+        shape = (layer.in_channels, *row["input"]) if isinstance(layer, torch.nn.Conv2d) else (layer.in_features,)
+        with torch.no_grad():
+            basis = torch.eye(int(torch.tensor(shape).prod()), dtype=torch.float64).view(-1, *shape)
+            dense = (layer.double()(basis) - layer.double()(torch.zeros(1, *shape, dtype=torch.float64))).flatten(1)
+        if torch.linalg.matrix_norm(dense, ord=2) > FAR_ABOVE:
+            far.add(row["layer"])
+    warned = {w.split(":")[0] for w in result["warnings"]}
+    assert far and "fc" not in far and warned == far
+    assert all("normalized in place by the naive recipe" in w for w in result["warnings"])
+
+
 @pytest.mark.parametrize("args,message", [
     (["no_such_module:D", "--input-shape", "3,16,16"], "cannot import no_such_module:D"),
     (["third_party_d:Missing", "--input-shape", "3,16,16"], "cannot import third_party_d:Missing"),

@@ -140,6 +140,8 @@ CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
     ("train", ["resume={damaged}/bad_config.pt", "hydra.run.dir={root}/fork_bad_config"], "model.g_ch"),
     ("train", ["resume=true", "hydra.run.dir={root}/no_run_here"], "resume=true: nothing to resume"),
     ("train", ["dataset=folder", "hydra.run.dir={root}/new1"], "dataset.root"),
+    ("train", ["log.n_eval=1000000000000", "hydra.run.dir={root}/oom_run"],  # after its start: the folder stays
+     "the run's tensors do not fit in memory ("),
     ("train", ["dataset=folder", "dataset.root={root}/nonexistent", "hydra.run.dir={root}/new2"], "dataset.root"),
     ("train", ["dataset=folder", "dataset.root={few}", "dataset.resolution=16", "metrics.during_training=false",
                "hydra.run.dir={root}/new3"], "train.batch_size"),
@@ -179,6 +181,7 @@ CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
     ("sample", ["ckpt={run}", "out={root}/a_file"], "a_file"),
     ("sample", ["ckpt={run}", "out=/proc/sngan.png"], "/proc/sngan.png cannot be written: /proc ("),
     ("sample", ["ckpt={run}", "bogus=1"], "bogus"),
+    ("sample", ["ckpt={run}", "n=1000000000000"], "n=1000000000000 images do not fit in memory"),
     # sngan.evaluate
     ("evaluate", ["ckpt={run}", "n=1"], "n must be"), ("evaluate", ["ckpt={run}", "seed=-2"], "seed"),
     ("evaluate", ["ckpt={damaged}/garbage.pt"], "garbage.pt"),
@@ -195,7 +198,10 @@ CASES = [("train", [value], named) for value, named in TRAIN_VALUES] + [
     ("evaluate", ["ckpt={run}", "out={run}/checkpoints/last.pt"], "the metrics are written as JSON"),
     ("evaluate", ["ckpt={run}", "out={run}/train.log"], "name a .json file"),
     ("evaluate", ["ckpt={run}", "out={run}/status.json"], "is not an earlier result of sngan.evaluate"),
+    ("evaluate", ["ckpt={run}", "n=1000000000000"], "the samples (n=1000000000000) or the models do not fit in "
+     "memory"),
     # sngan.audit
+    ("audit", ["{run}", "--input-shape", "3,10000000,10000000"], "inputs of shape 3,10000000,10000000 do not fit in"),
     ("audit", ["{damaged}/without_g.pt"], "lacks G"),
     ("audit", ["{damaged}/other_model.pt"], "G weights do not fit"),
 ]
@@ -220,8 +226,8 @@ def test_bad_input(place, capsys, entry, args, named):
     assert line.startswith("error: ") and "\n" not in line, printed
     assert named in line
     assert snapshot(place["run"]) == before
-    for new in place["root"].glob("new*"):  # a refused new run records nothing
-        assert not (new / ".hydra").exists() and not (new / "checkpoints").exists()
+    for new in place["root"].glob("new*"):  # a refused new run leaves nothing behind
+        assert not new.exists(), sorted(p.name for p in new.iterdir())
 
 
 @pytest.mark.parametrize("args,named", [(["optim.lrr=0.1"], "lrr"), (["variant=spectral"], "variant"),

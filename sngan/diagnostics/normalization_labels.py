@@ -18,6 +18,7 @@ OPERATOR = "operator-norm SN"
 OTHER = "divided by something else"
 NONE = "none"
 UNKNOWN = "unknown"
+NAIVE_RECIPE = "sngan naive"  # attached: divides the stored weight in place, in training mode only
 # A power-iteration estimate u^T W v lies below the top singular value, so reshaped-kernel SN
 # leaves the reshaped sigma at or a little above 1 (a power iteration not yet converged, or one
 # step behind the weights); the text always gives the divisor's ratio to the exact sigma.
@@ -44,7 +45,7 @@ def attached(owner: nn.Module | None, stack: tuple[nn.Module, ...], names: dict[
     if any(type(h) is TorchLegacySpectralNorm for h in hooks):
         return "torch spectral_norm (legacy hook)"
     if any(type(h) is _NaiveSpectralNorm for h in hooks):
-        return "sngan naive"
+        return NAIVE_RECIPE
     if hooks:
         return "unknown (forward pre-hook " + ", ".join(type(h).__name__ for h in hooks) + ")"
     if divided:  # nothing attached, yet the weight was divided: by code in some module's forward

@@ -11,7 +11,7 @@ from sngan import config
 from sngan.diagnostics.monitor import layer_input_sizes
 from sngan.models.nets import build_discriminator, build_generator
 from sngan.run import checkpoint
-from sngan.run.errors import UserError
+from sngan.run.errors import UserError, is_out_of_memory, out_of_memory
 from sngan.spectral import apply_spectral_norm
 from sngan.training.ema import build_ema
 
@@ -29,11 +29,11 @@ def build_models(cfg: DictConfig, device: torch.device):
         G, D = G.to(device), D.to(device)
     except ValueError as e:  # the builders name the bad value
         raise UserError(f"model: {e}") from None
-    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:  # widths too large for this machine
-        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "out of memory" not in str(e).lower():
+    except (MemoryError, RuntimeError) as e:  # widths too large for this machine
+        if not is_out_of_memory(e):
             raise
-        raise UserError(f"model.g_ch={m.g_ch} / model.d_ch={m.d_ch}: the models do not fit in {device.type} memory "
-                        f"({' '.join(str(e).split())[:120]}); use smaller widths") from None
+        raise out_of_memory(e, f"model.g_ch={m.g_ch} / model.d_ch={m.d_ch}: the models", f"use smaller widths "
+                            f"(on {device.type})") from None
     ema = None
     if cfg.train.ema_decay > 0:
         ema = build_ema(G, cfg.train.ema_decay)

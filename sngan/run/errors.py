@@ -43,3 +43,16 @@ def unreadable(path, error: OSError) -> UserError:
     """A file that exists but cannot be opened (permissions, an I/O error): the file may be fine."""
     return UserError(f"{path} cannot be read ({error.strerror or type(error).__name__}): fix its permissions "
                      "(or copy it somewhere readable) and run the command again")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation, of host or device memory (torch raises RuntimeErrors that say so)."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("alloc" in text or "out of memory" in text)
+
+
+def out_of_memory(error: BaseException, what: str, fix: str) -> UserError:
+    """`what` did not fit in memory: the allocator's words, shortened, and what to do."""
+    return UserError(f"{what} do not fit in memory ({' '.join(str(error).split())[:120]}); {fix}")

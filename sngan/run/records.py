@@ -54,6 +54,24 @@ class CommandRecords:
         clear_status(self.run_dir)
         self.written = True
 
+    def refused(self, log_name: str) -> None:
+        """A single new run refused before it started (a missing data set, no CUDA device, ...):
+        the folder holds only the log file Hydra opened for it, and goes, so that a refused command
+        leaves nothing behind. A folder with anything else in it stays as it is."""
+        if not (self.writes and self.new_run) or self.written or not self.run_dir.is_dir():
+            return
+        entries = list(self.run_dir.iterdir())
+        if any(entry.name != log_name or not entry.is_file() for entry in entries):
+            return
+        log_file = (self.run_dir / log_name).resolve()
+        for handler in logging.getLogger().handlers[:]:  # Hydra's file handler holds it open
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve() == log_file:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+        for entry in entries:
+            entry.unlink()
+        self.run_dir.rmdir()
+
     def failed(self, reason: str, exc_info: bool = False, folder_is_ours: bool = True) -> None:
         """`folder_is_ours` False: another trainer holds the folder, whose records are its own."""
         if not (self.writes and self.new_run and folder_is_ours):
