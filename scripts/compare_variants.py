@@ -47,8 +47,9 @@ def check_nothing_dropped(out: Path, rows: list[dict]) -> None:
     are gone: refused while that file holds runs the collected rows do not."""
     if not (out / "runs.csv").is_file():
         return
-    have = {run_key(r) for r in rows}
-    dropped = [r for r in read_csv(out / "runs.csv", RUN_COLUMNS) if run_key(r) not in have]
+    same_run = lambda r: run_key(r)[:3]  # a run lengthened since is the same run
+    have = {same_run(r) for r in rows}
+    dropped = [r for r in read_csv(out / "runs.csv", RUN_COLUMNS) if same_run(r) not in have]
     if dropped:
         example = ", ".join(f"{r['variant']} seed {r['seed']}" for r in dropped[:2])
         raise UserError(f"--out {out} holds {len(dropped)} run(s) that no --collect folder holds ({example}"

@@ -312,8 +312,8 @@ def row_warnings(row: dict) -> list[str]:
         return [f"{row['layer']}: divided during the forward ({row['measured']}), yet its operator norm on "
                 f"{size} inputs is at least {row['operator_lower']:.2f}"]
     if row["normalization"] == labels.NAIVE_RECIPE and row["operator_lower"] > FAR_ABOVE:
-        return [f"{row['layer']}: normalized in place by the naive recipe, yet its operator norm on {size} inputs "
-                f"is at least {row['operator_lower']:.2f}"]
+        return [f"{row['layer']}: carries the naive recipe (an in-place division in training), yet its operator "
+                f"norm on {size} inputs is at least {row['operator_lower']:.2f}"]
     if row["normalization"].startswith(NORMALIZATIONS) and row["behaviour"] in (labels.NONE, labels.UNKNOWN):
         return [f"{row['layer']}: carries {row['normalization']}, yet its forward used a weight that is "
                 f"{row['measured']}"]

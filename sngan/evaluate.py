@@ -84,8 +84,9 @@ def evaluate(ckpt: str, *, n: int = 10000, seed: int | None = None, device: str 
     if dataset_root:
         cfg.dataset.root = dataset_root
     suffix = "" if protocol == DEFAULT_PROTOCOL else f".{protocol}"
-    out_path = writable_file(out or path.parent / f"step_{state['step']:07d}{suffix}.metrics.json", "out")
-    check_out(out_path)
+    out_path = Path(str(out or path.parent / f"step_{state['step']:07d}{suffix}.metrics.json")).expanduser()
+    check_out(out_path)  # before writable_file creates its folder
+    writable_file(out_path, "out")
     dataset = build_dataset(cfg.dataset)
     oracle = getattr(dataset, "oracle", None)
     if oracle is not None and protocol != DEFAULT_PROTOCOL:
@@ -175,7 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        refuse(out_of_memory(e, f"the samples (n={a['n']}) or the models", "use a smaller n"))
+        if a["metrics.protocol"] == DEFAULT_PROTOCOL:
+            refuse(out_of_memory(e, f"the samples (n={a['n']}) or the models", "use a smaller n"))
+        refuse(out_of_memory(e, f"the samples of metrics.protocol={a['metrics.protocol']} or the models",
+                             "its counts are fixed: use a machine or device with more memory"))
     except UserError as e:
         refuse(e)
     print(json.dumps(result))

@@ -126,15 +126,17 @@ def main(cfg: DictConfig) -> None:
             sys.exit(3)
         log.error("%s", e)
     except KeyboardInterrupt:  # Ctrl-C: the checkpoints are whole (atomic writes); say how to go on
-        sweep_dir = Path(hydra_cfg.sweep.dir) if in_sweep else None
-        print(f"error: interrupted; {after_interrupt(run_dir, list(hydra_cfg.overrides.task), sweep_dir)}",
-              file=sys.stderr)
+        if writes:  # rank 0 speaks for the run
+            sweep_dir = Path(hydra_cfg.sweep.dir) if in_sweep else None
+            print(f"error: interrupted; {after_interrupt(run_dir, list(hydra_cfg.overrides.task), sweep_dir)}",
+                  file=sys.stderr)
         sys.exit(130)  # a sweep's other jobs too
     except Exception as e:
         if not in_sweep and is_out_of_memory(e):  # e.g. log.n_eval=10**12, or a batch too large for the GPU
             records.refused(f"{hydra_cfg.job.name}.log")
-            what, fix = "the run's tensors", ("use a smaller train.batch_size, model.g_ch / model.d_ch or log.n_eval; "
-                                              "its checkpoints are whole")
+            what = "the run's tensors"
+            fix = ("a smaller train.batch_size or model.g_ch / model.d_ch needs a new run; a smaller log.n_eval may "
+                   "also be set on resume, from its last checkpoint, which is whole")
             print(f"error: {out_of_memory(e, what, fix)}", file=sys.stderr)
             sys.exit(2)
         if not in_sweep:
@@ -151,8 +153,11 @@ if __name__ == "__main__":
     from sngan.train import main as importable_main
     try:
         importable_main()
-    except KeyboardInterrupt:  # in a parallel sweep's launcher, waiting for its workers
-        print("error: interrupted; relaunch the sweep with the same arguments, resume=auto and its "
-              "hydra.sweep.dir: finished runs are skipped, the others continue from their last checkpoint",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # outside a job: Hydra starting up, or a parallel launcher waiting for its workers
+        if {"-m", "--multirun"} & set(sys.argv[1:]):
+            print("error: interrupted; relaunch the sweep with the same arguments, resume=auto and its "
+                  "hydra.sweep.dir: finished runs are skipped, the others continue from their last checkpoint",
+                  file=sys.stderr)
+        else:
+            print("error: interrupted", file=sys.stderr)
         sys.exit(130)

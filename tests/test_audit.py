@@ -195,7 +195,8 @@ def test_the_naive_recipe_is_flagged_where_a_dense_svd_puts_a_layer_far_above_1(
             far.add(row["layer"])
     warned = {w.split(":")[0] for w in result["warnings"]}
     assert far and "fc" not in far and warned == far
-    assert all("normalized in place by the naive recipe" in w for w in result["warnings"])
+    assert all("carries the naive recipe (an in-place division in training), yet its operator norm" in w
+               for w in result["warnings"])
 
 
 @pytest.mark.parametrize("args,message", [

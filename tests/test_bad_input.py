@@ -249,6 +249,32 @@ def test_resume_without_a_run_folder_is_refused_before_hydra_makes_one(tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_refusal_removes_only_a_folder_its_own_command_created(place, tmp_path, capsys):
+    """A folder that existed before the command (the user's own, empty) stays, with the log Hydra wrote."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    code, printed, _ = call("train", TINY_MODEL + ["dataset=folder", f"dataset.root={place['root']}/nonexistent",
+                                             f"hydra.run.dir={mine}"], capsys)
+    assert code == 2 and "dataset.root" in printed and mine.is_dir()
+    out = tmp_path / "new_folder" / "m.txt"  # evaluate's out= refused before its folder is made
+    code, printed, _ = call("evaluate", [f"ckpt={place['run']}", f"out={out}"], capsys)
+    assert code == 2 and "name a .json file" in printed and not out.parent.exists()
+
+
+def test_only_allocation_failures_count_as_out_of_memory():
+    from sngan.run.errors import is_out_of_memory
+
+    for text in ("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 512000000000000 bytes", "CUDA out of memory. Tried to allocate 20.00 GiB",
+                 "MPS backend out of memory", "std::bad_alloc"):
+        assert is_out_of_memory(RuntimeError(text)), text
+    assert is_out_of_memory(MemoryError())
+    for text in ("NCCL error: unhandled system error, NCCL version 2.21.5: System call (e.g. socket, malloc) failed",
+                 "expandable_segments is not supported by this allocator"):
+        assert not is_out_of_memory(RuntimeError(text)), text
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
 def test_a_second_trainer_is_refused_at_once_naming_the_first(place, capsys):
     """The run lock, as a second trainer sees it while this process holds the folder."""
     import os

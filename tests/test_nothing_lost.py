@@ -145,6 +145,17 @@ def test_a_disk_that_fills_inside_torch_save_is_the_write_error_naming_the_check
     _no_temporary_files(tmp_path)
 
 
+def test_ctrl_c_while_a_write_error_is_handled_stays_ctrl_c(tmp_path):
+    def write(f):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_write(tmp_path / "last.pt", write)
+    _no_temporary_files(tmp_path)
+
+
 def _mount_tmpfs(where, size: str) -> bool:
     where.mkdir()
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],

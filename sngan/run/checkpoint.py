@@ -53,7 +53,7 @@ def _umask() -> int:
 def _os_error(error: BaseException) -> OSError | None:
     """The OSError behind `error`: itself, or the one torch's zip writer hides behind a RuntimeError
     ("unexpected pos ...") when a write into it fails, e.g. on a full disk."""
-    seen = error
+    seen = error if isinstance(error, Exception) else None  # Ctrl-C stays Ctrl-C
     while seen is not None:
         if isinstance(seen, OSError):
             return seen

@@ -45,12 +45,18 @@ def unreadable(path, error: OSError) -> UserError:
                      "(or copy it somewhere readable) and run the command again")
 
 
+# What torch's allocators say when an allocation fails: CPU ("DefaultCPUAllocator: can't allocate
+# memory"), CUDA and MPS ("... out of memory"), C++'s bad_alloc. Nothing broader: NCCL's socket and
+# malloc failures, say, are not the user's sizes.
+_OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "bad_alloc")
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """A failed allocation, of host or device memory (torch raises RuntimeErrors that say so)."""
     if isinstance(error, MemoryError):
         return True
     text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("alloc" in text or "out of memory" in text)
+    return isinstance(error, RuntimeError) and any(words in text for words in _OUT_OF_MEMORY)
 
 
 def out_of_memory(error: BaseException, what: str, fix: str) -> UserError:

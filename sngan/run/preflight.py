@@ -20,6 +20,9 @@ from sngan.run.errors import UserError
 from sngan.run.paths import writable_folder
 
 
+CREATED_HERE: set[Path] = set()  # run folders this process's command made: a refusal may remove them
+
+
 def check_folder_text(value: str, key: str) -> None:
     """Hydra takes `key` as written: empty would put the run in the working directory, and a
     leading `~` (unexpanded inside quotes) would make a folder literally named `~`."""
@@ -61,6 +64,8 @@ class Preflight(Callback):
             check_folder_text(run_dir, "hydra.run.dir")
             check_resume_target(task.get("resume"), Path(run_dir),  # before check_run_folder creates it
                                 named=any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra))
+            if not Path(run_dir).exists():
+                CREATED_HERE.add(Path(run_dir).resolve())
             check_run_folder(Path(run_dir), f"{OmegaConf.select(config, 'hydra.job.name')}.log")
         except UserError as e:
             refuse(e)

@@ -17,6 +17,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sngan.run.checkpoint import atomic_write_text, holds_run
+from sngan.run.lock import RunInUse, run_lock
+from sngan.run.preflight import CREATED_HERE
 from sngan.run.info import console_only
 from sngan.run.status import clear_status, write_status
 
@@ -55,22 +57,27 @@ class CommandRecords:
         self.written = True
 
     def refused(self, log_name: str) -> None:
-        """A single new run refused before it started (a missing data set, no CUDA device, ...):
-        the folder holds only the log file Hydra opened for it, and goes, so that a refused command
-        leaves nothing behind. A folder with anything else in it stays as it is."""
-        if not (self.writes and self.new_run) or self.written or not self.run_dir.is_dir():
+        """A single new run refused before it started (a missing data set, no CUDA device, ...) in a
+        folder this command created (sngan.run.preflight): when the folder holds only the log file
+        Hydra opened for it, and no other trainer holds it, it goes, so that a refused command leaves
+        nothing behind. Anything else stays as it is; a removal that fails is left at that."""
+        if not (self.writes and self.new_run) or self.written or self.run_dir.resolve() not in CREATED_HERE:
             return
-        entries = list(self.run_dir.iterdir())
-        if any(entry.name != log_name or not entry.is_file() for entry in entries):
-            return
-        log_file = (self.run_dir / log_name).resolve()
-        for handler in logging.getLogger().handlers[:]:  # Hydra's file handler holds it open
-            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve() == log_file:
-                logging.getLogger().removeHandler(handler)
-                handler.close()
-        for entry in entries:
-            entry.unlink()
-        self.run_dir.rmdir()
+        try:
+            with run_lock(self.run_dir):
+                entries = list(self.run_dir.iterdir())
+                if any(entry.name != log_name or not entry.is_file() for entry in entries):
+                    return
+                log_file = (self.run_dir / log_name).resolve()
+                for handler in logging.getLogger().handlers[:]:  # Hydra's file handler holds it open
+                    if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve() == log_file:
+                        logging.getLogger().removeHandler(handler)
+                        handler.close()
+                for entry in entries:
+                    entry.unlink()
+            self.run_dir.rmdir()
+        except (RunInUse, OSError):
+            pass
 
     def failed(self, reason: str, exc_info: bool = False, folder_is_ours: bool = True) -> None:
         """`folder_is_ours` False: another trainer holds the folder, whose records are its own."""
