@@ -47,7 +47,7 @@ from sngan.linalg.bounds import ROUNDING
 from sngan.linalg.calls import call_input_size, layer_of_call, self_padding
 from sngan.run import checkpoint
 from sngan.run.cli import ArgumentParser, refuse
-from sngan.run.errors import UserError, is_out_of_memory, out_of_memory, unreadable
+from sngan.run.errors import UserError, fits_in_memory, unreadable
 from sngan.sigma import matrix_sigma, operator_sigma_bounds
 
 FAR_ABOVE = 1.2  # an operator norm this far above the 1 that a normalized layer promises is flagged
@@ -438,13 +438,9 @@ def main(argv: list[str] | None = None) -> None:
             if shape is None:
                 raise UserError("--input-shape is needed (one sample's shape, e.g. 3,32,32): a module class or a whole "
                                 "saved module does not record it; add --input-shape C,H,W")
-            try:
+            with fits_in_memory(f"inputs of shape {','.join(map(str, shape))}",
+                                "give the shape one sample has in training (--input-shape C,H,W)"):
                 result = audit(model, shape, a.label)
-            except (MemoryError, RuntimeError) as e:
-                if not is_out_of_memory(e):
-                    raise
-                raise out_of_memory(e, f"inputs of shape {','.join(map(str, shape))}", "give the shape one sample "
-                                    "has in training (--input-shape C,H,W)") from None
     except UserError as e:
         refuse(e)
     print(json.dumps(result) if a.json else report_text(result))

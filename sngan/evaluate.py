@@ -33,7 +33,7 @@ from sngan.run import checkpoint
 from sngan.run.cli import parse_args, refuse
 from sngan.config import KEYS, SEED_MAX, Spec, choice, integer, resolve_device, text
 from sngan.data import build_dataset
-from sngan.run.errors import UserError, describe_os_error, is_out_of_memory, out_of_memory
+from sngan.run.errors import UserError, describe_os_error, fits_in_memory
 from sngan.diagnostics.metrics import (DEFAULT_FEATURE_EXTRACTOR, PROTOCOLS, check_feature_extractor, fidelity_metrics,
                            protocol_metrics, real_stats_cache_name)
 from sngan.run.paths import writable_file, writable_folder
@@ -169,17 +169,16 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"n does not apply with metrics.protocol={a['metrics.protocol']}, whose sample counts "
                             "are fixed (--help lists them): drop n=")
         seed = None if a["seed"] == "run" else a["seed"]
-        result = evaluate(a["ckpt"], n=a["n"], seed=seed, device=a["device"], dataset_root=a["dataset.root"],
-                          inception_weights=a["metrics.inception_weights"],
-                          feature_extractor=a["metrics.feature_extractor"], cache_root=a["metrics.cache_root"],
-                          out=a["out"], protocol=a["metrics.protocol"])
-    except (MemoryError, RuntimeError) as e:
-        if not is_out_of_memory(e):
-            raise
         if a["metrics.protocol"] == DEFAULT_PROTOCOL:
-            refuse(out_of_memory(e, f"the samples (n={a['n']}) or the models", "use a smaller n"))
-        refuse(out_of_memory(e, f"the samples of metrics.protocol={a['metrics.protocol']} or the models",
-                             "its counts are fixed: use a machine or device with more memory"))
+            what, fix = f"the samples (n={a['n']}) or the models", "use a smaller n"
+        else:
+            what = f"the samples of metrics.protocol={a['metrics.protocol']} or the models"
+            fix = "its counts are fixed: use a machine or device with more memory"
+        with fits_in_memory(what, fix):
+            result = evaluate(a["ckpt"], n=a["n"], seed=seed, device=a["device"], dataset_root=a["dataset.root"],
+                              inception_weights=a["metrics.inception_weights"],
+                              feature_extractor=a["metrics.feature_extractor"], cache_root=a["metrics.cache_root"],
+                              out=a["out"], protocol=a["metrics.protocol"])
     except UserError as e:
         refuse(e)
     print(json.dumps(result))

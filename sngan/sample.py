@@ -16,7 +16,7 @@ from sngan.run import checkpoint
 from sngan.diagnostics import monitor
 from sngan.run.cli import parse_args, refuse
 from sngan.config import KEYS, integer, resolve_device, seed, text
-from sngan.run.errors import UserError, describe_os_error, is_out_of_memory, out_of_memory
+from sngan.run.errors import UserError, describe_os_error, fits_in_memory
 from sngan.run.paths import writable_file, writable_folder
 from sngan.models import restore_models
 
@@ -79,13 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         G, _, step = load_generator(a["ckpt"], a["device"])
         out = Path(a["out"]).expanduser()  # checked before generating: a grid file, or a folder of images
         check_out(out)
-        try:
+        with fits_in_memory(f"n={a['n']} images", "ask for fewer, in several calls with different seed= if need be"):
             images = generate(G, a["n"], a["seed"], resolve_device(a["device"]))
-        except (MemoryError, RuntimeError) as e:
-            if not is_out_of_memory(e):
-                raise
-            raise out_of_memory(e, f"n={a['n']} images", "ask for fewer, in several calls with different seed= if "
-                                "need be") from None
         try:
             write_images(images, out, step)
         except OSError as e:  # the disk filled up meanwhile

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from sngan.diagnostics.readings import check_health, diagnostics, final_scalars
 from sngan.run.errors import RunDiverged, UserError, is_out_of_memory, out_of_memory
+from sngan.run.cli import refuse
 from sngan.run.failures import quiet_write_errors_in_threads
 from sngan.run.info import after_interrupt, hparams_of
 from sngan.run.records import CommandRecords
@@ -115,8 +116,7 @@ def main(cfg: DictConfig) -> None:
         if not in_sweep:
             if not isinstance(e, RunInUse):  # the folder and its log are another trainer's
                 records.refused(f"{hydra_cfg.job.name}.log")
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            refuse(e)
         records.failed(str(e), folder_is_ours=not isinstance(e, RunInUse))
     except RunDiverged as e:
         if writes:
@@ -137,8 +137,7 @@ def main(cfg: DictConfig) -> None:
             what = "the run's tensors"
             fix = ("a smaller train.batch_size or model.g_ch / model.d_ch needs a new run; a smaller log.n_eval may "
                    "also be set on resume, from its last checkpoint, which is whole")
-            print(f"error: {out_of_memory(e, what, fix)}", file=sys.stderr)
-            sys.exit(2)
+            refuse(out_of_memory(e, what, fix))
         if not in_sweep:
             raise
         records.failed(f"{type(e).__name__}: {e}", exc_info=True)

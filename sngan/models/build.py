@@ -11,7 +11,7 @@ from sngan import config
 from sngan.diagnostics.monitor import layer_input_sizes
 from sngan.models.nets import build_discriminator, build_generator
 from sngan.run import checkpoint
-from sngan.run.errors import UserError, is_out_of_memory, out_of_memory
+from sngan.run.errors import UserError, fits_in_memory
 from sngan.spectral import apply_spectral_norm
 from sngan.training.ema import build_ema
 
@@ -20,20 +20,17 @@ def build_models(cfg: DictConfig, device: torch.device):
     """G, D (normalized by cfg.variant) and the optional EMA of G, on `device`."""
     m = cfg.model
     layout, init = config.setting(cfg, "model.layout"), config.setting(cfg, "model.init")
+    widths = f"model.g_ch={m.g_ch} / model.d_ch={m.d_ch}: the models"
     try:
-        G = build_generator(m.name, resolution=cfg.dataset.resolution, z_dim=m.z_dim, g_ch=m.g_ch, layout=layout,
-                            init=init, upsample=config.setting(cfg, "model.upsample"))
-        D = build_discriminator(m.name, resolution=cfg.dataset.resolution, d_ch=m.d_ch, layout=layout, init=init,
-                                leaky_slope=config.setting(cfg, "model.leaky_slope"))
-        apply_spectral_norm(D, cfg.variant.name, n_power_iterations=cfg.variant.get("n_power_iterations", 1))
-        G, D = G.to(device), D.to(device)
+        with fits_in_memory(widths, f"use smaller widths (on {device.type})"):  # widths too large for this machine
+            G = build_generator(m.name, resolution=cfg.dataset.resolution, z_dim=m.z_dim, g_ch=m.g_ch, layout=layout,
+                                init=init, upsample=config.setting(cfg, "model.upsample"))
+            D = build_discriminator(m.name, resolution=cfg.dataset.resolution, d_ch=m.d_ch, layout=layout, init=init,
+                                    leaky_slope=config.setting(cfg, "model.leaky_slope"))
+            apply_spectral_norm(D, cfg.variant.name, n_power_iterations=cfg.variant.get("n_power_iterations", 1))
+            G, D = G.to(device), D.to(device)
     except ValueError as e:  # the builders name the bad value
         raise UserError(f"model: {e}") from None
-    except (MemoryError, RuntimeError) as e:  # widths too large for this machine
-        if not is_out_of_memory(e):
-            raise
-        raise out_of_memory(e, f"model.g_ch={m.g_ch} / model.d_ch={m.d_ch}: the models", f"use smaller widths "
-                            f"(on {device.type})") from None
     ema = None
     if cfg.train.ema_decay > 0:
         ema = build_ema(G, cfg.train.ema_decay)

@@ -61,8 +61,7 @@ def run_main(main) -> None:
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        refuse(e)
     except OSError as e:
         if not is_write_error(e):
             raise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class UserError(Exception):
@@ -62,3 +64,14 @@ def is_out_of_memory(error: BaseException) -> bool:
 def out_of_memory(error: BaseException, what: str, fix: str) -> UserError:
     """`what` did not fit in memory: the allocator's words, shortened, and what to do."""
     return UserError(f"{what} do not fit in memory ({' '.join(str(error).split())[:120]}); {fix}")
+
+
+@contextmanager
+def fits_in_memory(what: str, fix: str) -> Iterator[None]:
+    """A failed allocation inside the block is the user's sizes: a UserError naming `what` and `fix`."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise out_of_memory(e, what, fix) from None

@@ -42,12 +42,15 @@ def _hydra_arg(key: str, path: Path) -> str:
     return shlex.quote(f"{key}={value}")
 
 
+def resume_command(run_dir: Path, overrides: tuple[str, ...] = ()) -> str:
+    return " ".join(["python -m sngan.train resume=true", _hydra_arg("hydra.run.dir", run_dir), *overrides])
+
+
 def commands(run_dir: Path, lengthens: bool = True) -> dict[str, str]:
     """The commands that go on with the run (`lengthens`: its train.steps may grow on resume)."""
     ckpt = shlex.quote(f"ckpt={_shown(run_dir)}")  # sample/evaluate split at the first '=' only
     return {"tensorboard": f"tensorboard --logdir {shlex.quote(_shown(run_dir))}",
-            "resume": f"python -m sngan.train resume=true {_hydra_arg('hydra.run.dir', run_dir)}"
-                      + ("   # [train.steps=N to lengthen]" if lengthens else ""),
+            "resume": resume_command(run_dir) + ("   # [train.steps=N to lengthen]" if lengthens else ""),
             "sample": f"python -m sngan.sample {ckpt} n=64 out=samples.png",
             "evaluate": f"python -m sngan.evaluate {ckpt}"}
 
@@ -62,8 +65,8 @@ def after_interrupt(run_dir: Path, overrides: list[str], sweep_dir: Path | None 
 
     if not holds_run(run_dir):
         return "no checkpoint was written yet, nothing is kept: run the same command again to start over"
-    again = [shlex.quote(o) for o in overrides if not o.startswith(("resume=", "hydra."))]  # train.steps=N too
-    return f"continue with python -m sngan.train resume=true {' '.join([_hydra_arg('hydra.run.dir', run_dir), *again])}"
+    again = tuple(shlex.quote(o) for o in overrides if not o.startswith(("resume=", "hydra.")))  # train.steps=N too
+    return f"continue with {resume_command(run_dir, again)}"
 
 
 def restart_command(run_dir: Path) -> str:
