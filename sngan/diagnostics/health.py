@@ -13,10 +13,10 @@ Rules and their thresholds (the numbers are module constants, so tests and docs 
   goes away (from its first reading: conv1 1.39-1.61, the other convs 1.17-1.45). So D's
   normalization counts as violated at a reading when the geometric mean of the claimed sigmas
   over its layers (the per-layer share of the product SN promises to hold at 1) exceeds GM_LIMIT
-  (1.2; correct variants measured at most 1.19, at their first step, the naive recipe at least
-  1.23), or when one layer exceeds SIGMA_LIMIT (1.35) at two readings in a row. Each layer above
-  GM_LIMIT then warns, once; it warns again only after growing by SIGMA_WORSE (x1.25) over the
-  value it last warned at.
+  (1.2; correct variants measured at most 1.19, at their first step, the naive recipe 1.19-1.25 at
+  step 1 and at least 1.205 from step 2), or when one layer exceeds SIGMA_LIMIT (1.35) at two
+  readings in a row. Each layer above GM_LIMIT then warns, once; it warns again only after growing
+  by SIGMA_WORSE (x1.25) over the value it last warned at.
 * Collapse suspected. On sample quality (`metrics/clean_rate` of the embedded data's oracle,
   higher is better; `metrics/fid` on real data, lower is better): the quality ratio is
   current / best (clean_rate) or best / current (FID). Collapse when the run's best clean_rate
