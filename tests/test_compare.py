@@ -175,8 +175,9 @@ def test_a_study_continued_in_a_new_sweep_folder_keeps_its_earlier_runs(sweep, t
     assert f"add --add-csv {out} to keep them" in err and (out / "runs.csv").read_bytes() == csv_before
     _report(capsys, "--collect", later, "--add-csv", out, "--out", out)
     with open(out / "runs.csv") as f:
-        rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(f)}
-    assert len(rows) == len(before)  # 10 earlier rows (header aside) + 1 new, seed 8 replaced
+        listed = list(csv.DictReader(f))
+    rows = {(r["variant"], r["seed"]): r for r in listed}
+    assert len(listed) == len(rows) == len(before)  # 10 earlier rows (header aside) + 1 new, seed 8 replaced
     assert rows[("reshaped", "8")]["status"] == "ok" and rows[("reshaped", "4")]["status"] == "ok"
     assert rows[("naive", "9")]["status"] == "failed"
     with open(out / "curves.csv") as f:

@@ -208,13 +208,28 @@ def test_evaluate_with_a_protocol_matches_direct_torch_fidelity_calls(tmp_path, 
     real = build_dataset(state["config"]["dataset"] | {"root": str(tmp_path / "cifar")})
     subset = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:50].sort().values.tolist()
     G.eval()
-    wrapped = torch_fidelity.GenerativeModelModuleWrapper(metrics._Uint8Generator(G), G.z_dim, "normal", 0)
+
+    def as_uint8(x):  # [-1, 1] to the uint8 images torch-fidelity's extractors take, written out here
+        return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+    class Uint8G(torch.nn.Module):
+        def forward(self, z):
+            return as_uint8(G(z))
+
+    class Uint8Real(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(subset)
+
+        def __getitem__(self, i):
+            return as_uint8(real[subset[i]])
+
+    wrapped = torch_fidelity.GenerativeModelModuleWrapper(Uint8G(), G.z_dim, "normal", 0)
     common = dict(input1=wrapped, feature_extractor=features, rng_seed=state["config"]["seed"], verbose=False,
                   cuda=False, save_cpu_ram=True)
     direct_isc = torch_fidelity.calculate_metrics(**common, input1_model_num_samples=40, isc=True, isc_splits=4)
     direct_fid = torch_fidelity.calculate_metrics(
         **common, input1_model_num_samples=30, fid=True,
-        input2=metrics._Uint8Images(torch.utils.data.Subset(real, subset)))
+        input2=Uint8Real())
     assert result["metrics/isc"] == pytest.approx(direct_isc["inception_score_mean"], rel=1e-9)
     assert result["metrics/isc_std"] == pytest.approx(direct_isc["inception_score_std"], rel=1e-9)
     assert result["metrics/fid"] == pytest.approx(direct_fid["frechet_inception_distance"], rel=1e-9)

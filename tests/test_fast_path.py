@@ -87,16 +87,16 @@ def test_compiled_discriminator_normalizes_like_the_eager_one(variant):
         torch.testing.assert_close(p_c.grad, p.grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", NORMALIZED)
-def test_training_with_amp_and_channels_last_keeps_sigma_at_one(tmp_path, variant):
+@pytest.mark.parametrize("variant,kind", [("reshaped", "matrix"), ("builtin", "matrix"), ("operator", "operator")])
+def test_training_with_amp_and_channels_last_keeps_sigma_at_one(tmp_path, variant, kind):
+    """The quantity each correct variant normalizes stays at 1 under bf16 forwards (the naive recipe
+    promises nothing it keeps)."""
     final = train_tiny(tmp_path, [f"variant={variant}", "train.amp=true", "train.channels_last=true",
                                   "train.steps=6", "log.every=6", "ckpt.every=6", "optim=C"])
     assert all(torch.isfinite(torch.tensor(v)) for v in final.values())
     scalars = read_scalars(tmp_path)
-    kind = {"reshaped": "matrix", "builtin": "matrix", "operator": "operator"}.get(variant)
     layers = [t for t in scalars if t.startswith("sigma/matrix/")]
     assert layers
-    if kind:  # the normalized quantity stays at 1 under bf16 forwards
-        for tag in layers:
-            tag = tag.replace("matrix", kind)
-            assert scalars[tag][-1][1] == pytest.approx(1.0, abs=0.05), tag
+    for tag in layers:
+        tag = tag.replace("matrix", kind)
+        assert scalars[tag][-1][1] == pytest.approx(1.0, abs=0.05), tag

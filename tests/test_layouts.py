@@ -31,7 +31,7 @@ from torch import nn
 
 from sngan.models import build_discriminator, build_generator
 from sngan.diagnostics.monitor import layer_input_sizes
-from sngan.spectral import VARIANTS, apply_spectral_norm
+from sngan.spectral import VARIANTS, apply_spectral_norm, is_normalized
 
 Z = 128  # n_hidden / dim_z / nz in every reference
 
@@ -341,11 +341,19 @@ def test_every_variant_normalizes_the_new_layouts(variant, name, resolution, lay
     torch.manual_seed(0)
     D = build_discriminator(name, resolution=resolution, d_ch=4, layout=layout)
     normalized = apply_spectral_norm(D, variant)
+    layers = [m for m in normalized.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert layers and all(is_normalized(m) == (variant != "none") for m in layers)
     sizes = layer_input_sizes(normalized, (3, resolution, resolution), "cpu")
-    assert len(sizes) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in D.modules())
+    assert len(sizes) == len(layers)
     out = normalized(torch.randn(2, 3, resolution, resolution))
     out.sum().backward()
     assert out.shape == (2,) and all(p.grad is not None for p in normalized.parameters() if p.requires_grad)
+    if variant in ("reshaped", "builtin"):
+        # Every reshaped kernel's norm (a dense SVD) is at least 1, since the power iteration's
+        # sigma never exceeds the true one, and within the iteration's lag of 1.
+        with torch.no_grad():
+            norms = [torch.linalg.matrix_norm(m.weight.reshape(m.weight.shape[0], -1), ord=2).item() for m in layers]
+        assert all(1 - 1e-5 <= n <= 1.05 for n in norms), norms
 
 
 @pytest.mark.parametrize("kwargs,match", [

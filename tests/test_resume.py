@@ -75,12 +75,15 @@ def test_resume_may_lengthen_a_run(tmp_path):
 
 
 def test_resume_from_another_folder_or_a_file(tmp_path):
-    first = tmp_path / "first"
+    """A fork continues the run it names: its step 3 is a straight 3-step run's, not a new run's."""
+    first, straight = tmp_path / "first", tmp_path / "straight"
     train_tiny(first, [*SCALARS_EVERY_2, "train.steps=2"])
+    train_tiny(straight, [*SCALARS_EVERY_2, "train.steps=3"])
     for target in (first, first / "checkpoints" / "step_0000002.pt"):
         fork = tmp_path / f"fork-{target.name}"
         train_tiny(fork, [*SCALARS_EVERY_2, "train.steps=3", f"resume={target}"])
-        assert last_checkpoint(fork)["step"] == 3
+        assert_identical(last_checkpoint(straight), last_checkpoint(fork))
+        assert [s for s, _ in read_scalars(fork)["loss/d"]] == [3]  # it trained step 3 only
 
 
 def test_a_fork_into_a_folder_that_holds_another_run_is_refused(tmp_path):
@@ -172,22 +175,31 @@ def test_snapshot_retention(tmp_path):
     assert names == ["last.pt", "step_0000005.pt", "step_0000006.pt"]
 
 
+def _start_until_first_checkpoint(cwd, run, args):
+    """Start `python -m sngan.train` into `run`; return it and the moment its first checkpoint appeared."""
+    proc = subprocess.Popen([sys.executable, "-m", "sngan.train", *TINY, *args, f"hydra.run.dir={run}"], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.01)
+    return proc, time.monotonic()
+
+
 @pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     """Kill -9 anywhere (checkpoint writes included, ckpt.every=1), resume, and match a straight run."""
     args = ["log.every=5", *NO_SAMPLES, "ckpt.every=1", "train.steps=60"]
     straight = tmp_path / "straight"
-    assert train_tiny(straight, args, via="cli").returncode == 0
+    proc, started = _start_until_first_checkpoint(tmp_path, straight, args)
+    assert proc.wait(timeout=300) == 0
+    span = time.monotonic() - started  # from the first checkpoint to the end, on this machine
     run = tmp_path / "killed"
-    env_cmd = [sys.executable, "-m", "sngan.train", *TINY, *args, f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(env_cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(random.Random().uniform(0.0, 1.0))
+    proc, _ = _start_until_first_checkpoint(tmp_path, run, args)
+    time.sleep(random.Random().uniform(0.0, 0.8 * span))  # while it trains, not while it exits
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the run ended before the kill"
     killed_at = last_checkpoint(run)["step"]
     proc = train_tiny(run, [*args, "resume=true"], via="cli")
     assert proc.returncode == 0, proc.stderr

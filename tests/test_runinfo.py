@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from helpers import run_script, train_tiny
+from helpers import last_checkpoint, run_script, train_tiny
 
 
 @pytest.mark.slow
@@ -96,6 +96,9 @@ def test_a_resume_may_point_to_the_weights_and_statistics_elsewhere(tmp_path):
     assert train_tiny(run, ["train.steps=2"], via="main")[0] == 0
     moved = [f"metrics.cache_root={tmp_path / 'cache'}", f"metrics.inception_weights={tmp_path / 'w.pth'}"]
     assert train_tiny(run, ["resume=true", "train.steps=3", *moved], base=[], via="main")[0] == 0
+    saved = last_checkpoint(run)
+    assert saved["step"] == 3 and saved["config"]["metrics"]["cache_root"] == str(tmp_path / "cache")
+    assert saved["config"]["metrics"]["inception_weights"] == str(tmp_path / "w.pth")  # the next resume's paths
 
 
 def test_the_resnets_layer_product_is_not_called_a_bound(tmp_path):

@@ -7,6 +7,7 @@ the papers (and this package, before) write them, through plain autograd.
 """
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -30,9 +31,24 @@ def _textbook_reshaped(sn, weight):
     return weight / sigma.clamp_min(sn.eps)
 
 
-def _textbook_operator(sn, weight):
-    sn._power_iteration(weight.detach(), sn.n_power_iterations)
-    sigma = sn.fn(sn._x.clone(), weight).norm()
+def _layer_map(layer):
+    """x -> the layer's output without bias, with the weight passed in: the operator's A."""
+    if isinstance(layer, nn.ConvTranspose2d):
+        return lambda x, w: F.conv_transpose2d(x, w, None, layer.stride, layer.padding)
+    return lambda x, w: F.conv2d(x, w, None, layer.stride, layer.padding)
+
+
+def _textbook_operator(A, sn, weight):
+    """Operator SN as its paper writes it: x <- A^T A x / ||A^T A x|| (the adjoint by autograd),
+    then sigma = ||A x||."""
+    with torch.no_grad():
+        for _ in range(sn.n_power_iterations):
+            with torch.enable_grad():
+                x = sn._x.detach().requires_grad_(True)
+                y = A(x, weight.detach())
+                (ata_x,) = torch.autograd.grad(y, x, grad_outputs=y.detach())
+            sn._x.copy_(ata_x / ata_x.norm().clamp_min(sn.eps))
+    sigma = A(sn._x.clone(), weight).norm()
     return weight / sigma.clamp_min(sn.eps)
 
 
@@ -106,7 +122,7 @@ def test_operator_is_bit_identical_to_the_textbook_expressions(make, cached):
     torch.manual_seed(1)
     layer = apply_spectral_norm(make(), "operator")
     layer(_input_for(layer))  # the input size, and the warm-up iteration
-    _train_side_by_side(layer.parametrizations.weight[0], _textbook_operator,
+    _train_side_by_side(layer.parametrizations.weight[0], functools.partial(_textbook_operator, _layer_map(layer)),
                         layer.parametrizations.weight.original, cached=cached)
 
 
