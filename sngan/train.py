@@ -152,6 +152,10 @@ if __name__ == "__main__":
     from sngan.train import main as importable_main
     try:
         importable_main()
+    except SystemExit as e:
+        if distributed.launched():
+            distributed.leave(e.code)
+        raise
     except KeyboardInterrupt:  # outside a job: Hydra starting up, or a parallel launcher waiting for its workers
         if {"-m", "--multirun"} & set(sys.argv[1:]):
             print("error: interrupted; relaunch the sweep with the same arguments, resume=auto and its "
@@ -160,3 +164,5 @@ if __name__ == "__main__":
         else:
             print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    if distributed.launched():
+        distributed.leave(0)

@@ -9,10 +9,12 @@ evaluates and writes checkpoints; the other ranks write nothing.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -72,6 +74,21 @@ def rank_device(device: torch.device, ctx: Context) -> torch.device:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave(code: int | str | None) -> NoReturn:
+    """End a torchrun rank, with `code` as sys.exit takes it, without the interpreter's finalization.
+    DDP keeps the default process group, and with it gloo's worker threads, alive past
+    destroy_process_group (torch 2.14); a worker that releases a Python-made tensor after the
+    interpreter began to finalize cannot take the GIL and aborts the rank (SIGABRT after a finished
+    run: 2 of 28 two-rank runs on a loaded 2-core CPU). What the run writes is closed by then (the
+    checkpoints, TensorBoard, status.json): flush the logs and streams, then leave."""
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if code is None else code if isinstance(code, int) else 1)
 
 
 def broadcast_object(obj, ctx: Context):
